@@ -1,0 +1,1 @@
+"""Batch jobs over the lake: anomaly detection, policy recommendation, lake maintenance."""

@@ -1,0 +1,1 @@
+"""Node agent: flow-log sources and shipping to the broker."""

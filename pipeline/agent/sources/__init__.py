@@ -1,0 +1,1 @@
+"""Flow-log sources the agent can read from."""

@@ -1,0 +1,1 @@
+"""Kafka broker access: the embedded broker and topic administration."""

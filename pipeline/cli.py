@@ -1,0 +1,257 @@
+"""flowctl: one console script for every role. See `flowctl --help`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import duckdb
+import typer
+from confluent_kafka import KafkaException
+from rich.console import Console
+
+from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.timeparse import TimeParseError, parse_duration, parse_time
+
+app = typer.Typer(
+    help="Kubernetes flow analytics for clusters that run GenAI workloads: "
+         "agent → Kafka → Faust workers → Parquet lake → DuckDB.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A one-line reason for a non-zero exit."""
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Configuration file (default: ./flowctl.toml if present)."),
+    bootstrap_servers: Optional[str] = typer.Option(None, help="Kafka bootstrap servers; empty means the embedded broker. Env: FLOWCTL_BOOTSTRAP_SERVERS."),
+    lake: Optional[str] = typer.Option(None, help="Lake root directory or s3://bucket/prefix. Env: FLOWCTL_LAKE."),
+    partitions: Optional[int] = typer.Option(None, help="Partitions per topic when flowctl creates topics. Env: FLOWCTL_PARTITIONS."),
+    cluster: Optional[str] = typer.Option(None, help="Cluster name the agent stamps on flows. Env: FLOWCTL_CLUSTER."),
+    state_dir: Optional[str] = typer.Option(None, help="Directory for local state (embedded broker address, checkpoints). Env: FLOWCTL_STATE_DIR."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error. Env: FLOWCTL_LOG_LEVEL."),
+) -> None:
+    settings = load_settings(config)
+    settings = settings.with_overrides(bootstrap_servers=bootstrap_servers, lake=lake, partitions=partitions,
+                                       cluster=cluster, state_dir=state_dir, log_level=log_level)
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = settings
+
+
+def _need_kafka(settings: Settings) -> Settings:
+    """Settings pointing at Kafka: the configured servers, or a running `flowctl broker`."""
+    if not settings.embedded:
+        return settings
+    from pipeline.runner import running_broker
+
+    address = running_broker(settings)
+    if address is None:
+        raise CliError("no Kafka to talk to: pass --bootstrap-servers, or start the embedded broker with "
+                       "`flowctl broker` in this directory")
+    return settings.with_overrides(bootstrap_servers=address)
+
+
+@app.command()
+def broker(ctx: typer.Context) -> None:
+    """Run the embedded Kafka broker (librdkafka's mock cluster) until Ctrl-C.
+
+    Creates the pipeline's topics and writes its address to STATE_DIR/broker.json,
+    where the agent, worker and sink verbs find it.
+    """
+    from pipeline import topics
+    from pipeline.broker.embedded import EmbeddedBroker
+    from pipeline.runner import broker_file, write_broker_file
+
+    settings = _settings(ctx)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker() as b:
+        b.create_topics(topics.topic_specs(settings.partitions, 1))
+        path = write_broker_file(settings, b.bootstrap_servers)
+        err.print(f"embedded broker listening on [bold]{b.bootstrap_servers}[/] (address in {path}); Ctrl-C stops it")
+        print(b.bootstrap_servers, flush=True)
+        stop.wait()
+    broker_file(settings).unlink(missing_ok=True)
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run a Faust stream worker: validate, enrich and window flows.raw.v1."""
+    from pipeline.stream.app import run_worker
+
+    run_worker(_need_kafka(_settings(ctx)))
+
+
+@app.command()
+def sink(ctx: typer.Context) -> None:
+    """Run the Parquet sink: enriched flows, windows and dead letters into the lake, exactly once."""
+    from pipeline.sink.consumer import LakeSink
+
+    stats = LakeSink(_need_kafka(_settings(ctx))).run(install_signals=True)
+    err.print(f"sink stopped: {stats.rows:,} rows in {stats.files:,} files, {stats.offset_gaps} offset gaps")
+
+
+@app.command()
+def agent(
+    ctx: typer.Context,
+    source: str = typer.Option("synthetic", help="synthetic, or ndjson:PATH (canonical flowlog.v1 records)."),
+    rate: float = typer.Option(2000.0, help="synthetic: flow records per second of event time."),
+    since: str = typer.Option("-1h", help="synthetic: start of the event time range (ISO 8601, epoch or -2h)."),
+    until: str = typer.Option("now", help="synthetic: end of the event time range."),
+    seed: int = typer.Option(7, help="synthetic: random seed."),
+) -> None:
+    """Publish flows from a source to flows.raw.v1 as Arrow batch envelopes."""
+    from pipeline.agent.agent import FlowAgent
+
+    settings = _need_kafka(_settings(ctx))
+    flow_agent = FlowAgent(settings)
+    try:
+        for result in _source_batches(source, settings, rate, since, until, seed):
+            flow_agent.dead_letter(result.rejects, origin=source)
+            flow_agent.publish(result.table)
+        flow_agent.finish()
+    finally:
+        flow_agent.close()
+    s = flow_agent.stats
+    err.print(f"published {s.published:,} flows in {s.batches:,} batches; {s.rejected:,} records dead-lettered")
+
+
+def _source_batches(source: str, settings: Settings, rate: float, since: str, until: str, seed: int):
+    from pipeline.conform import ConformResult
+
+    if source == "synthetic":
+        from pipeline.agent.sources.synthetic import SyntheticCluster
+
+        start, end = parse_time(since), parse_time(until)
+        if end <= start:
+            raise CliError(f"--until ({until}) must be after --since ({since})")
+        gen = SyntheticCluster(seed=seed, cluster=settings.cluster if settings.cluster != "default" else "demo")
+        for table in gen.generate(start, end, rate=rate):
+            yield ConformResult(table)
+    elif source.startswith("ndjson:"):
+        from pipeline.agent.sources.ndjson import read_ndjson
+
+        path = Path(source.split(":", 1)[1])
+        if not path.is_file():
+            raise CliError(f"no such file: {path}")
+        for _, result in read_ndjson(path):
+            yield result
+    else:
+        raise CliError(f"unknown source {source!r}: use synthetic or ndjson:PATH")
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(..., help="Flow log files (NDJSON of flowlog.v1 records)."),
+    fmt: str = typer.Option("ndjson", "--format", help="Input format: ndjson."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the pipeline to finish."),
+) -> None:
+    """Push flow log files through broker → worker → sink and wait until every record is in the lake or the DLQ."""
+    from pipeline.pipeline_ops import ingest_files
+
+    if fmt != "ndjson":
+        raise CliError(f"unknown --format {fmt!r}: only ndjson is supported")
+    for f in files:
+        if not f.is_file():
+            raise CliError(f"no such file: {f}")
+    report = ingest_files(_settings(ctx), files, timeout=timeout, console=err)
+    print(report.summary())
+    if report.lost:
+        raise CliError(f"{report.lost} records are neither in the lake nor in the DLQ")
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="SQL over the views flows, flow_windows, dlq."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json (one object per line)."),
+) -> None:
+    """Run a SQL query over the lake with DuckDB."""
+    from pipeline.query.output import FORMATS, render
+    from pipeline.query.views import connect, query_table
+
+    if fmt not in FORMATS:
+        raise CliError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    settings = _settings(ctx)
+    con = connect(settings.lake)
+    render(query_table(con, query), fmt)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    hours: float = typer.Option(1.0, help="Hours of synthetic traffic to generate."),
+    rate: float = typer.Option(150.0, help="Mean flow records per second of event time."),
+    seed: int = typer.Option(7, help="Random seed of the synthetic cluster."),
+    keep: bool = typer.Option(False, help="Keep the previous demo lake instead of starting from an empty one."),
+) -> None:
+    """End-to-end run on the embedded broker with synthetic cluster traffic; prints what an analyst looks at."""
+    from pipeline.pipeline_ops import run_demo
+
+    settings = _settings(ctx)
+    if not settings.embedded:
+        raise CliError("demo runs on the embedded broker only; unset --bootstrap-servers")
+    if settings.lake == "lake":
+        settings = settings.with_overrides(lake=str(Path(settings.state_dir) / "demo-lake"))
+    run_demo(settings, hours=hours, rate=rate, seed=seed, keep=keep, console=Console())
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    name: str = typer.Argument("e2e", help="Benchmark: e2e (generator → committed Parquet)."),
+    flows: int = typer.Option(1_000_000, help="Flow records to push through."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per figure."),
+) -> None:
+    """Run a named benchmark and print its figures."""
+    from pipeline.bench import run_benchmark
+
+    run_benchmark(_settings(ctx), name, flows=flows, as_json=json_out, console=err)
+
+
+def run() -> None:
+    """Console entry point: known failures become one line on stderr and exit code 1."""
+    from pipeline.agent.publisher import PublishError
+    from pipeline.runner import StackError
+    from pipeline.sink.lake import LakeWriteError
+
+    try:
+        app(standalone_mode=False)
+    except (CliError, ConfigError, TimeParseError, PublishError, StackError, LakeWriteError, TimeoutError,
+            duckdb.Error, KafkaException, OSError) as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        err.print(f"flowctl: error: {lines[0]}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("flowctl: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    run()

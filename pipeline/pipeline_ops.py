@@ -1,0 +1,147 @@
+"""Bounded end-to-end runs: `flowctl ingest` and `flowctl demo`."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.agent.agent import FlowAgent
+from pipeline.agent.sources.ndjson import read_ndjson
+from pipeline.config import Settings
+from pipeline.conform import ConformResult
+from pipeline.query.output import render
+from pipeline.query.views import connect, query_table
+from pipeline.runner import LocalStack
+
+
+@dataclass
+class IngestReport:
+    records: int
+    published: int
+    rejected_by_agent: int
+    in_lake: int
+    rejected_by_worker: int
+    windows: int
+    seconds: float
+    lake: str
+
+    @property
+    def lost(self) -> int:
+        return self.published - self.in_lake - self.rejected_by_worker
+
+    def summary(self) -> str:
+        rate = self.records / self.seconds if self.seconds else 0.0
+        return (f"{self.records:,} records read: {self.in_lake:,} in the lake, "
+                f"{self.rejected_by_agent + self.rejected_by_worker:,} in the DLQ, "
+                f"{self.windows:,} window rows; {self.seconds:.1f}s ({rate:,.0f} records/s); lake: {self.lake}")
+
+
+def push(stack: LocalStack, batches: Iterable[ConformResult], origin: str, progress: Progress | None = None,
+         task=None) -> FlowAgent:
+    """Publish batches through a running stack, then wait until the lake has all of it."""
+    agent = FlowAgent(stack.settings)
+    try:
+        for result in batches:
+            agent.dead_letter(result.rejects, origin=origin)
+            agent.publish(result.table)
+            stack.check_alive()
+            if progress is not None:
+                progress.update(task, advance=result.table.num_rows + len(result.rejects))
+        agent.finish(flush_windows=True)
+    finally:
+        agent.close()
+    stack.wait_until_processed()
+    return agent
+
+
+def account(stack: LocalStack, agent: FlowAgent) -> tuple[int, int, int]:
+    """Rows of this run's batches in the lake: (flows, worker dead letters, window rows)."""
+    con = connect(stack.settings.lake)
+    con.register("run_batches", pa.table({"batch_id": agent.publisher.batch_ids}))
+    in_lake = con.execute("SELECT count(*) FROM flows JOIN run_batches USING (batch_id)").fetchone()[0]
+    dlq = con.execute("SELECT count(*) FROM dlq JOIN run_batches USING (batch_id)").fetchone()[0]
+    windows = con.execute("SELECT count(*) FROM flow_windows").fetchone()[0]
+    return in_lake, dlq, windows
+
+
+def ingest_files(settings: Settings, files: list[Path], timeout: float = 600.0,
+                 console: Console | None = None) -> IngestReport:
+    started = time.monotonic()
+    with LocalStack(settings) as stack:
+        def batches():
+            for path in files:
+                for _, result in read_ndjson(path):
+                    yield result
+
+        with Progress(TextColumn("{task.description}"), TextColumn("{task.completed:,} records"),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task("ingesting", total=None)
+            agent = push(stack, batches(), origin="file:" + ",".join(str(f) for f in files),
+                         progress=progress, task=task)
+        in_lake, dlq, windows = account(stack, agent)
+    s = agent.stats
+    return IngestReport(s.records, s.published, s.rejected, in_lake, dlq, windows,
+                        time.monotonic() - started, settings.lake)
+
+
+DEMO_QUERIES = {
+    "Top egress talkers (bytes sent out of the cluster)": """
+        SELECT source_workload, source_genai_class AS class,
+               round(sum(bytes_out) / 1e6, 1) AS mb_out, sum(num_flows) AS flows,
+               count(DISTINCT destination) AS destinations
+        FROM flow_windows WHERE dest_kind <> 'in_cluster'
+        GROUP BY ALL ORDER BY mb_out DESC LIMIT 10""",
+    "GenAI workloads' external destinations": """
+        SELECT source_workload, source_genai_class AS class, destination, dest_kind,
+               dest_port AS port, round(sum(bytes_out) / 1e6, 2) AS mb_out, sum(num_flows) AS flows
+        FROM flow_windows
+        WHERE source_genai_class <> 'none' AND dest_kind <> 'in_cluster'
+        GROUP BY ALL ORDER BY mb_out DESC LIMIT 15""",
+    "Denied flows": """
+        SELECT source_workload, destination, dest_port AS port, sum(num_flows) AS flows
+        FROM flow_windows WHERE action = 'deny' GROUP BY ALL ORDER BY flows DESC LIMIT 5""",
+}
+
+
+def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: bool, console: Console) -> None:
+    from pipeline.agent.sources.synthetic import SyntheticCluster
+
+    lake = Path(settings.lake)
+    if lake.exists() and not keep:
+        shutil.rmtree(lake)
+    end = int(time.time()) // 60 * 60
+    start = end - int(hours * 3600)
+    cluster = SyntheticCluster(seed=seed, cluster="demo")
+    inventory = Path(settings.state_dir) / "demo-inventory.json"
+    inventory.parent.mkdir(parents=True, exist_ok=True)
+    import orjson
+
+    inventory.write_bytes(orjson.dumps(cluster.inventory(), option=orjson.OPT_INDENT_2))
+    expected = int(rate * (end - start))
+    started = time.monotonic()
+    console.print(f"[bold]flowctl demo[/]: {hours:g}h of synthetic traffic from a {len(cluster.workloads)}-workload "
+                  f"cluster (~{expected:,} flow records) through the embedded broker")
+    with LocalStack(settings) as stack:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} flows"),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task("agent → Kafka → worker → lake", total=expected)
+            agent = push(stack, (ConformResult(t) for t in cluster.generate(start, end, rate=rate)),
+                         origin="synthetic", progress=progress, task=task)
+        in_lake, dlq, windows = account(stack, agent)
+    seconds = time.monotonic() - started
+    console.print(f"{agent.stats.published:,} flows → {in_lake:,} rows in [bold]flows[/], {windows:,} rows in "
+                  f"[bold]flow_windows[/], {dlq:,} dead letters, in {seconds:.1f}s "
+                  f"({agent.stats.published / seconds:,.0f} flows/s end to end)")
+    con = connect(settings.lake)
+    for title, query in DEMO_QUERIES.items():
+        render(query_table(con, query), "table", out=console.file, title=title)
+    console.print(f"Lake: [bold]{lake.resolve()}[/]  (tables flows, flow_windows, dlq)")
+    console.print(f"Inventory of the synthetic pods: {inventory.resolve()}")
+    console.print(f"Try: flowctl --lake {settings.lake} sql \"SELECT dest_kind, count(*) FROM flows GROUP BY ALL\"")

@@ -1,0 +1,1 @@
+"""DuckDB over the lake: views, formatting, saved queries."""

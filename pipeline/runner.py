@@ -1,0 +1,151 @@
+"""Run the roles together on one machine: embedded broker, worker and sink processes, agent.
+
+Used by ``flowctl ingest``, ``flowctl demo``, ``flowctl bench`` and the integration
+tests. The worker and the sink run as the same ``flowctl worker`` / ``flowctl sink``
+processes an operator would start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline import topics
+from pipeline.broker.embedded import EmbeddedBroker
+from pipeline.config import ENV_PREFIX, Settings
+from pipeline.kafka import end_offsets, ensure_topics, group_reader, wait_for_group
+
+log = logging.getLogger(__name__)
+
+BROKER_FILE = "broker.json"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """FLOWCTL_* variables that reproduce ``settings`` in a child process."""
+    env = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, (str, int, float)):
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+    return env
+
+
+def broker_file(settings: Settings) -> Path:
+    return Path(settings.state_dir) / BROKER_FILE
+
+
+def write_broker_file(settings: Settings, bootstrap: str) -> Path:
+    path = broker_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"bootstrap_servers": bootstrap, "pid": os.getpid()}))
+    return path
+
+
+def running_broker(settings: Settings) -> str | None:
+    """Address of a ``flowctl broker`` started earlier from this directory, if it still runs."""
+    path = broker_file(settings)
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (ValueError, KeyError, OSError):
+        return None
+    return str(info["bootstrap_servers"])
+
+
+class LocalStack:
+    """Broker (embedded unless bootstrap servers are set), worker process and sink process."""
+
+    def __init__(self, settings: Settings, worker: bool = True, sink: bool = True) -> None:
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._want = [name for name, on in (("worker", worker), ("sink", sink)) if on]
+
+    def __enter__(self) -> "LocalStack":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> "LocalStack":
+        if self.settings.embedded:
+            self.broker = EmbeddedBroker().start()
+            run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+            self.settings = self.settings.with_overrides(bootstrap_servers=self.broker.bootstrap_servers,
+                                                         lake_source_id=f"embedded-{run_id}")
+        ensure_topics(self.settings, topics.topic_specs(self.settings.partitions, self.settings.replication_factor),
+                      self.broker)
+        for name in self._want:
+            self.start_role(name)
+        return self
+
+    def start_role(self, name: str) -> subprocess.Popen:
+        env = {**os.environ, **settings_env(self.settings)}
+        cmd = [sys.executable, "-m", "pipeline.cli", name]
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        self.procs[name] = proc
+        return proc
+
+    def kill_role(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(60)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise StackError(f"{name} process exited with code {proc.returncode}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop within 30s; killing it", name)
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def wait_until_processed(self, timeout: float = 300.0) -> None:
+        """Block until the worker consumed everything on the raw topic and the sink committed its outputs."""
+        reader = group_reader(self.settings, self.settings.worker_group + "-probe")
+        try:
+            raw_end = end_offsets(reader, topics.RAW)
+            self._wait("worker", self.settings.worker_group, {topics.RAW: raw_end}, timeout)
+            outputs = {t: end_offsets(reader, t) for t in (topics.ENRICHED, topics.WINDOWED, topics.DLQ)}
+            self._wait("sink", self.settings.sink_group, outputs, timeout)
+        finally:
+            reader.close()
+
+    def _wait(self, role: str, group: str, targets: dict[str, dict[int, int]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if role in self.procs:
+                self.check_alive()
+            try:
+                wait_for_group(self.settings, group, targets, timeout=min(5.0, max(0.1, deadline - time.monotonic())),
+                               what=role)
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise

@@ -1,0 +1,1 @@
+"""Parquet sink: Kafka topics to the Hive-partitioned lake, exactly once."""

@@ -1,0 +1,1 @@
+"""The streaming side: validation, enrichment and windowing of flow batches."""
