@@ -65,7 +65,7 @@ def _need_kafka(settings: Settings) -> Settings:
     if address is None:
         raise CliError("no Kafka to talk to: pass --bootstrap-servers, or start the embedded broker with "
                        "`flowctl broker` in this directory")
-    return settings.with_overrides(bootstrap_servers=address)
+    return settings.with_overrides(bootstrap_servers=address, broker_kind="embedded")
 
 
 @app.command()
@@ -237,7 +237,7 @@ def run() -> None:
     try:
         app(standalone_mode=False)
     except (CliError, ConfigError, TimeParseError, PublishError, StackError, LakeWriteError, TimeoutError,
-            duckdb.Error, KafkaException, OSError) as exc:
+            duckdb.Error, KafkaException, OSError, ValueError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         err.print(f"flowctl: error: {lines[0]}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)

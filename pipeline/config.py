@@ -21,6 +21,9 @@ class ConfigError(ValueError):
 class Settings:
     # Kafka. Empty bootstrap_servers means: use the embedded broker.
     bootstrap_servers: str = ""
+    # "embedded" when bootstrap_servers points at an embedded broker (set by the verbs that start or
+    # find one): it drops old data past ~5 MiB per partition, so producers wait for consumers.
+    broker_kind: str = "kafka"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -28,7 +31,9 @@ class Settings:
     ssl_ca_location: str = ""
     partitions: int = 8
     replication_factor: int = 1
-    compression: str = "lz4"
+    # Kafka-level compression. Arrow batch bodies are already zstd-compressed inside the IPC
+    # stream, so "none" is right for them; lz4/zstd/snappy/gzip for other producers.
+    compression: str = "none"
     # Where state shared by the verbs lives (embedded broker address, checkpoints).
     state_dir: str = ".flowctl"
     # Lake root: a directory (or s3://bucket/prefix).
@@ -55,7 +60,12 @@ class Settings:
 
     @property
     def embedded(self) -> bool:
+        """No Kafka configured: the verbs start (or find) the embedded broker."""
         return not self.bootstrap_servers
+
+    @property
+    def on_embedded_broker(self) -> bool:
+        return self.embedded or self.broker_kind == "embedded"
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings shared by every confluent-kafka client."""

@@ -18,7 +18,7 @@ from pipeline.config import Settings
 from pipeline.conform import ConformResult
 from pipeline.query.output import render
 from pipeline.query.views import connect, query_table
-from pipeline.runner import LocalStack
+from pipeline.runner import LocalStack, StackError
 
 
 @dataclass
@@ -136,6 +136,9 @@ def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: boo
                          origin="synthetic", progress=progress, task=task)
         in_lake, dlq, windows = account(stack, agent)
     seconds = time.monotonic() - started
+    lost = agent.stats.published - in_lake - dlq
+    if lost:
+        raise StackError(f"{lost:,} of {agent.stats.published:,} flows reached neither the lake nor the DLQ")
     console.print(f"{agent.stats.published:,} flows → {in_lake:,} rows in [bold]flows[/], {windows:,} rows in "
                   f"[bold]flow_windows[/], {dlq:,} dead letters, in {seconds:.1f}s "
                   f"({agent.stats.published / seconds:,.0f} flows/s end to end)")

@@ -86,6 +86,7 @@ class LocalStack:
             self.broker = EmbeddedBroker().start()
             run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
             self.settings = self.settings.with_overrides(bootstrap_servers=self.broker.bootstrap_servers,
+                                                         broker_kind="embedded",
                                                          lake_source_id=f"embedded-{run_id}")
         ensure_topics(self.settings, topics.topic_specs(self.settings.partitions, self.settings.replication_factor),
                       self.broker)

@@ -56,14 +56,26 @@ def test_tables_have_exact_schema_and_size(batches: list[pa.Table]) -> None:
     for table in batches:
         assert table.schema.equals(schema, check_metadata=True)
         assert 0 < table.num_rows <= BATCH
-    assert all(t.num_rows == BATCH for t in batches[:-1])
+    # full tables, one row short when that keeps the two reports of a pod-to-pod flow together
+    assert all(t.num_rows in (BATCH, BATCH - 1) for t in batches[:-1])
+
+
+def test_both_reports_of_a_flow_stay_in_one_table(cluster: SyntheticCluster) -> None:
+    tables = list(cluster.generate(START, START + 60, rate=RATE, batch_rows=101))
+    assert len(tables) > 50
+    for table in tables:
+        first = table.slice(0, 1).to_pylist()[0]
+        is_second_report = first["reporter"] == "dst" and first["source_type"] == "wep"
+        assert not is_second_report, "a dst report was split from its src report"
+        last = table.slice(table.num_rows - 1, 1).to_pylist()[0]
+        wants_partner = last["reporter"] == "src" and last["dest_type"] == "wep" and last["action"] == "allow"
+        assert not wants_partner or table is tables[-1]
 
 
 def test_required_columns_are_never_null(flows: pa.Table) -> None:
     for column in required_columns(FLOWLOG):
         assert flows.column(column).null_count == 0, column
-    for column in ("source_name_aggr", "source_namespace", "dest_name_aggr", "dest_namespace", "proto",
-                   "cluster"):
+    for column in ("source_name_aggr", "source_namespace", "dest_name_aggr", "dest_namespace", "proto", "cluster"):
         assert pc.min(pc.utf8_length(flows.column(column))).as_py() >= 1, column
 
 
@@ -91,8 +103,10 @@ def test_times_are_in_range_and_chronological(batches: list[pa.Table], flows: pa
 
 
 def test_counters_are_consistent(flows: pa.Table) -> None:
-    c = {name: flows.column(name).to_numpy() for name in
-         ("bytes_in", "bytes_out", "packets_in", "packets_out", "num_flows")}
+    c = {
+        name: flows.column(name).to_numpy()
+        for name in ("bytes_in", "bytes_out", "packets_in", "packets_out", "num_flows")
+    }
     started = flows.column("num_flows_started").to_numpy()
     completed = flows.column("num_flows_completed").to_numpy()
     assert c["num_flows"].min() >= 1 and c["num_flows"].max() <= 50
@@ -125,22 +139,25 @@ def test_byte_counts_are_heavy_tailed_and_inference_answers_are_bigger(flows: pa
 def test_same_seed_gives_identical_tables(batches: list[pa.Table]) -> None:
     again = list(SyntheticCluster(seed=7).generate(START, END, rate=RATE, batch_rows=BATCH))
     assert len(again) == len(batches)
-    assert all(a.equals(b) for a, b in zip(again, batches))
+    assert all(a.equals(b) for a, b in zip(again, batches, strict=True))
 
 
 def test_different_seed_gives_different_tables(flows: pa.Table) -> None:
     other = pa.concat_tables(SyntheticCluster(seed=8).generate(START, END, rate=RATE, batch_rows=BATCH))
     assert not other.equals(flows)
     assert set(pc.unique(other.column("source_name")).to_pylist()) != set(
-        pc.unique(flows.column("source_name")).to_pylist())
+        pc.unique(flows.column("source_name")).to_pylist()
+    )
 
 
 def test_stream_does_not_depend_on_batching_or_range_split(cluster: SyntheticCluster, flows: pa.Table) -> None:
     small = pa.concat_tables(cluster.generate(START, END, rate=RATE, batch_rows=7_777))
     assert small.equals(flows)
     mid = START + 290  # not aligned on the 60 s chunks
-    split = pa.concat_tables(list(cluster.generate(START, mid, rate=RATE, batch_rows=BATCH))
-                             + list(cluster.generate(mid, END, rate=RATE, batch_rows=BATCH)))
+    split = pa.concat_tables(
+        list(cluster.generate(START, mid, rate=RATE, batch_rows=BATCH))
+        + list(cluster.generate(mid, END, rate=RATE, batch_rows=BATCH))
+    )
     assert split.equals(flows)
 
 
@@ -156,9 +173,21 @@ def _pod_to_pod(rows: dict[str, list], reporter: str) -> Counter:
             continue  # denied at the source by an egress policy: the destination never sees it
         sent, received = ("bytes_out", "bytes_in") if reporter == "src" else ("bytes_in", "bytes_out")
         psent, preceived = ("packets_out", "packets_in") if reporter == "src" else ("packets_in", "packets_out")
-        keys[(rows["start_time"][i], rows["end_time"][i], rows["source_name"][i], rows["dest_name"][i],
-              rows["dest_port"][i], rows["proto"][i], rows["num_flows"][i],
-              rows[sent][i], rows[received][i], rows[psent][i], rows[preceived][i])] += 1
+        keys[
+            (
+                rows["start_time"][i],
+                rows["end_time"][i],
+                rows["source_name"][i],
+                rows["dest_name"][i],
+                rows["dest_port"][i],
+                rows["proto"][i],
+                rows["num_flows"][i],
+                rows[sent][i],
+                rows[received][i],
+                rows[psent][i],
+                rows[preceived][i],
+            )
+        ] += 1
     return keys
 
 
@@ -206,8 +235,10 @@ def test_expected_edges_exist(rows: dict[str, list], pods: dict[str, dict]) -> N
         name = rows[f"{side}_name"][i]
         return _owner(pods[name]) if name else rows[f"{side}_name_aggr"][i]
 
-    edges = {(workload("source", i), workload("dest", i), rows["dest_port"][i], rows["proto"][i])
-             for i in range(len(rows["reporter"]))}
+    edges = {
+        (workload("source", i), workload("dest", i), rows["dest_port"][i], rows["proto"][i])
+        for i in range(len(rows["reporter"]))
+    }
     for edge in [
         ("pub", "ingress-nginx-controller", 443, "tcp"),
         ("ingress-nginx-controller", "frontend", 8080, "tcp"),
@@ -298,8 +329,16 @@ def test_inventory_looks_like_kubectl_output(cluster: SyntheticCluster) -> None:
 def test_flow_pod_names_exist_in_inventory(rows: dict[str, list], pods: dict[str, dict]) -> None:
     seen = 0
     for side in ("source", "dest"):
-        pairs = set(zip(rows[f"{side}_type"], rows[f"{side}_name"], rows[f"{side}_namespace"],
-                        rows[f"{side}_ip"], rows[f"{side}_name_aggr"]))
+        pairs = set(
+            zip(
+                rows[f"{side}_type"],
+                rows[f"{side}_name"],
+                rows[f"{side}_namespace"],
+                rows[f"{side}_ip"],
+                rows[f"{side}_name_aggr"],
+                strict=True,
+            )
+        )
         for kind, name, namespace, ip, aggr in pairs:
             if kind != "wep":
                 continue
@@ -322,8 +361,7 @@ def test_flow_labels_are_the_pod_labels(rows: dict[str, list], pods: dict[str, d
 def test_genai_pods_request_gpus(cluster: SyntheticCluster, pods: dict[str, dict]) -> None:
     by_workload: dict[tuple[str, str], Workload] = {(w.namespace, w.name): w for w in cluster.workloads}
     assert {w.genai for w in cluster.workloads} == {"inference", "training", "notebook", "agent/app", "none"}
-    for name in ("vllm", "tgi", "triton", "llama3-8b-predictor", "ollama", "jupyter", "ray-worker",
-                 "finetune-llama3"):
+    for name in ("vllm", "tgi", "triton", "llama3-8b-predictor", "ollama", "jupyter", "ray-worker", "finetune-llama3"):
         assert any(w.name == name and w.gpus > 0 for w in cluster.workloads), name
     images = {w.name: w.image for w in cluster.workloads}
     assert images["vllm"].startswith("vllm/vllm-openai")
@@ -338,8 +376,9 @@ def test_genai_pods_request_gpus(cluster: SyntheticCluster, pods: dict[str, dict
         gpu_pods += gpus > 0
     assert gpu_pods >= 10
     kserve = [p for p in pods.values() if "serving.kserve.io/inferenceservice" in p["metadata"]["labels"]]
-    assert kserve and all(int(c["resources"]["requests"]["nvidia.com/gpu"]) >= 1
-                          for p in kserve for c in p["spec"]["containers"])
+    assert kserve and all(
+        int(c["resources"]["requests"]["nvidia.com/gpu"]) >= 1 for p in kserve for c in p["spec"]["containers"]
+    )
     jupyter = [p for p in pods.values() if p["metadata"]["labels"].get("app.kubernetes.io/name") == "jupyter"]
     assert jupyter and jupyter[0]["metadata"]["namespace"] == "genai-dev"
     ray = {p["metadata"]["labels"].get("ray.io/node-type") for p in pods.values()} - {None}
@@ -386,8 +425,12 @@ def test_anomalies_are_injected_and_described(incident_window) -> None:
     assert len(gaps) > 20 and np.all(np.abs(gaps - 60) <= 2)
 
     scan = table.filter(pc.equal(table.column("source_name_aggr"), "jupyter-*"))
-    scan = scan.filter(pc.and_(pc.greater_equal(scan.column("end_time"), kinds["port_scan"]["start"]),
-                               pc.less_equal(scan.column("end_time"), kinds["port_scan"]["end"])))
+    scan = scan.filter(
+        pc.and_(
+            pc.greater_equal(scan.column("end_time"), kinds["port_scan"]["start"]),
+            pc.less_equal(scan.column("end_time"), kinds["port_scan"]["end"]),
+        )
+    )
     assert len(pc.unique(scan.column("dest_port"))) > 100
     assert all(ip.startswith("10.244.") for ip in kinds["port_scan"]["targets"])
 

@@ -77,7 +77,7 @@ class BatchPublisher:
         self._failed: list[str] = []
         self._partitions = self._partition_count()
         # The embedded broker drops the oldest data beyond ~5 MiB per partition: wait for consumers.
-        self._backpressure = settings.embedded if backpressure is None else backpressure
+        self._backpressure = settings.on_embedded_broker if backpressure is None else backpressure
         self._lag_reader = group_reader(settings, settings.worker_group + "-lag") if self._backpressure else None
         self._since_check = 0
         self.batch_ids: list[str] = []
@@ -112,7 +112,6 @@ class BatchPublisher:
         """Publish a conformed flowlog table; returns the number of batches sent."""
         if table.num_rows == 0:
             return 0
-        self._wait_for_room()
         parts = partition_rows(table, self._partitions)
         order = np.argsort(parts, kind="stable")
         sorted_parts = parts[order]
@@ -131,6 +130,7 @@ class BatchPublisher:
                 env = Envelope("flowlog", "1", ARROW, chunk.num_rows, self.node, new_batch_id())
                 self.batch_ids.append(env.batch_id)
                 value = encode_arrow(chunk)
+                self._wait_for_room()
                 self._produce(partition, value, key, env.headers())
                 self.stats.batches += 1
                 self.stats.records += chunk.num_rows
@@ -162,14 +162,19 @@ class BatchPublisher:
         if self._lag_reader is None:
             return
         self._since_check += 1
-        if self._since_check < 4:
+        if self._since_check < 8:
             return
         self._since_check = 0
         started = time.monotonic()
+        warned = started
         while True:
             lag = self._lag_bytes()
             if lag <= self.settings.max_lag_bytes:
                 break
+            if time.monotonic() - warned > 30:
+                warned = time.monotonic()
+                log.warning("waiting for consumers: %.1f MiB unconsumed on one partition (limit %.1f MiB); "
+                            "is the worker or the sink running?", lag / 2**20, self.settings.max_lag_bytes / 2**20)
             self.producer.poll(0.05)
             time.sleep(0.05)
         self.stats.backpressure_waits += time.monotonic() - started
@@ -184,7 +189,9 @@ class BatchPublisher:
             ends = end_offsets(self._lag_reader, topic)
             done = committed_offsets(self._lag_reader_for(group), topic, len(ends))
             for p, end in ends.items():
-                worst = max(worst, int((end - done.get(p, 0)) * avg * factor))
+                # Messages still in the producer's queue are not in `end` yet: count them too.
+                pending = len(self.producer) if topic == self.topic else 0
+                worst = max(worst, int((end - done.get(p, 0) + pending) * avg * factor))
         return worst
 
     def _lag_reader_for(self, group: str):

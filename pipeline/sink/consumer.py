@@ -107,7 +107,12 @@ class LakeSink:
             else:
                 tp.offset = OFFSET_BEGINNING
             self.buffers[(tp.topic, tp.partition)] = buf
-            self.next_offset.pop((tp.topic, tp.partition), None)
+            # Where consumption must continue; a first message beyond it means the broker dropped data.
+            start = tp.offset if tp.offset >= 0 else (0 if self.settings.on_embedded_broker else None)
+            if start is None:
+                self.next_offset.pop((tp.topic, tp.partition), None)
+            else:
+                self.next_offset[(tp.topic, tp.partition)] = start
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -17,7 +17,10 @@ import faust
 
 from pipeline import topics
 from pipeline.config import Settings
+from confluent_kafka import TopicPartition
+
 from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjson
+from pipeline.kafka import group_reader
 from pipeline.stream.processor import FlowProcessor
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=0.5,
         consumer_max_fetch_size=16 * 1024 * 1024,
         producer_max_request_size=16 * 1024 * 1024,
-        producer_compression_type=settings.compression,
+        producer_compression_type=None if settings.compression == "none" else settings.compression,
         producer_acks=-1,
         value_serializer="raw",
         key_serializer="raw",
@@ -77,10 +80,34 @@ def create_app(settings: Settings) -> faust.App:
                                                    headers=env.headers()))
         return futures
 
+    reader = None
+
+    def expect_committed(partition: int) -> None:
+        """Where this partition must continue: its committed offset (0 on a fresh embedded broker)."""
+        nonlocal reader
+        if reader is None:
+            reader = group_reader(settings, settings.worker_group)
+        offsets = reader.committed([TopicPartition(topics.RAW, partition)], timeout=10)
+        committed = offsets[0].offset if offsets else -1
+        if committed >= 0:
+            processor.expect_offset(partition, committed)
+        elif settings.on_embedded_broker:
+            # Topics on an embedded broker are created empty by us: anything before the first
+            # message we see was dropped by the broker before it was processed.
+            processor.expect_offset(partition, 0)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs):
+        for tp in revoked:
+            if tp.topic == topics.RAW:
+                processor.forget_partition(tp.partition)
+
     @app.agent(raw)
     async def process(stream):
         async for event in stream.events():
             msg = event.message
+            if not processor.knows(msg.partition):
+                expect_committed(msg.partition)
             out = processor.process(event.value, event.headers, msg.partition, msg.offset)
             futures = []
             if out.enriched is not None:

@@ -84,6 +84,13 @@ class FlowProcessor:
             "dlq_time": now,
         } for r in rejects]
 
+    def expect_offset(self, partition: int, offset: int) -> None:
+        """The offset the partition must continue from (the group's committed position)."""
+        self.next_offset[partition] = offset
+
+    def knows(self, partition: int) -> bool:
+        return partition in self.next_offset
+
     def check_offset(self, partition: int, offset: int) -> dict | None:
         """Detect skipped offsets (data the broker dropped); returns a dead-letter record describing the gap."""
         expected = self.next_offset.get(partition)

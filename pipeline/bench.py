@@ -1,0 +1,69 @@
+"""Benchmarks: `flowctl bench NAME` prints figures; `--json` prints one JSON object per figure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+from rich.console import Console
+
+from pipeline.config import Settings
+
+
+def _emit(figures: list[tuple[str, str, float, str]], as_json: bool, console: Console) -> None:
+    for benchmark, metric, value, unit in figures:
+        if as_json:
+            print(orjson.dumps({"benchmark": benchmark, "metric": metric, "value": value, "unit": unit}).decode())
+        else:
+            print(f"{benchmark:<10} {metric:<28} {value:>16,.1f} {unit}")
+
+
+def bench_e2e(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """Synthetic generator → agent → embedded broker → Faust worker → sink → committed Parquet."""
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.agent.sources.synthetic import SyntheticCluster
+    from pipeline.conform import ConformResult
+    from pipeline.pipeline_ops import account, push
+    from pipeline.runner import LocalStack
+
+    gen = SyntheticCluster(seed=11, cluster="bench")
+    rate = 2000.0
+    end = 1_790_000_000
+    start = end - int(flows / rate)
+    t0 = time.perf_counter()
+    tables = list(gen.generate(start, end, rate=rate))
+    gen_seconds = time.perf_counter() - t0
+    total = sum(t.num_rows for t in tables)
+    with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as tmp:
+        run = settings.with_overrides(lake=str(Path(tmp) / "lake"), state_dir=str(Path(tmp) / "state"))
+        with LocalStack(run) as stack:
+            time.sleep(0)  # the clock starts when the roles are up
+            t1 = time.perf_counter()
+            agent = push(stack, (ConformResult(t) for t in tables), origin="bench")
+            seconds = time.perf_counter() - t1
+            in_lake, _, _ = account(stack, agent)
+    if in_lake != total:
+        raise RuntimeError(f"bench e2e lost data: {total} flows published, {in_lake} in the lake")
+    return [
+        ("e2e", "flows", float(total), "flows"),
+        ("e2e", "throughput", total / seconds, "flows/s"),
+        ("e2e", "seconds", seconds, "s"),
+        ("e2e", "generator_throughput", total / gen_seconds, "flows/s"),
+        ("e2e", "backpressure_wait", agent.publisher.stats.backpressure_waits, "s"),
+    ]
+
+
+BENCHMARKS: dict[str, Callable[[Settings, int, Console], list[tuple[str, str, float, str]]]] = {
+    "e2e": bench_e2e,
+}
+
+
+def run_benchmark(settings: Settings, name: str, flows: int, as_json: bool, console: Console) -> None:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}: choose one of {', '.join(BENCHMARKS)}")
+    if not settings.embedded:
+        raise ValueError("benchmarks run on the embedded broker; unset --bootstrap-servers")
+    _emit(BENCHMARKS[name](settings, flows, console), as_json, console)
