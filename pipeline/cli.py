@@ -6,9 +6,7 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Optional
 
 import duckdb
 import typer
@@ -16,7 +14,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.timeparse import TimeParseError, parse_duration, parse_time
+from pipeline.timeparse import TimeParseError, parse_time
 
 app = typer.Typer(
     help="Kubernetes flow analytics for clusters that run GenAI workloads: "
@@ -39,13 +37,13 @@ def _settings(ctx: typer.Context) -> Settings:
 @app.callback()
 def main(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Configuration file (default: ./flowctl.toml if present)."),
-    bootstrap_servers: Optional[str] = typer.Option(None, help="Kafka bootstrap servers; empty means the embedded broker. Env: FLOWCTL_BOOTSTRAP_SERVERS."),
-    lake: Optional[str] = typer.Option(None, help="Lake root directory or s3://bucket/prefix. Env: FLOWCTL_LAKE."),
-    partitions: Optional[int] = typer.Option(None, help="Partitions per topic when flowctl creates topics. Env: FLOWCTL_PARTITIONS."),
-    cluster: Optional[str] = typer.Option(None, help="Cluster name the agent stamps on flows. Env: FLOWCTL_CLUSTER."),
-    state_dir: Optional[str] = typer.Option(None, help="Directory for local state (embedded broker address, checkpoints). Env: FLOWCTL_STATE_DIR."),
-    log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error. Env: FLOWCTL_LOG_LEVEL."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Configuration file (default: ./flowctl.toml if present)."),
+    bootstrap_servers: str | None = typer.Option(None, help="Kafka bootstrap servers; empty means the embedded broker. Env: FLOWCTL_BOOTSTRAP_SERVERS."),
+    lake: str | None = typer.Option(None, help="Lake root directory or s3://bucket/prefix. Env: FLOWCTL_LAKE."),
+    partitions: int | None = typer.Option(None, help="Partitions per topic when flowctl creates topics. Env: FLOWCTL_PARTITIONS."),
+    cluster: str | None = typer.Option(None, help="Cluster name the agent stamps on flows. Env: FLOWCTL_CLUSTER."),
+    state_dir: str | None = typer.Option(None, help="Directory for local state (embedded broker address, checkpoints). Env: FLOWCTL_STATE_DIR."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning or error. Env: FLOWCTL_LOG_LEVEL."),
 ) -> None:
     settings = load_settings(config)
     settings = settings.with_overrides(bootstrap_servers=bootstrap_servers, lake=lake, partitions=partitions,

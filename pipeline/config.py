@@ -79,7 +79,7 @@ class Settings:
             conf["ssl.ca.location"] = self.ssl_ca_location
         return conf
 
-    def with_overrides(self, **overrides: Any) -> "Settings":
+    def with_overrides(self, **overrides: Any) -> Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
         return _coerce(dataclasses.replace(self, **clean))
 

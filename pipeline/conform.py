@@ -88,7 +88,7 @@ def conform_table(table: pa.Table, name: str = "flowlog.v1") -> ConformResult:
     if bad.any():
         idx = np.nonzero(bad)[0]
         rows = table.take(pa.array(idx)).to_pylist()
-        rejects = [Reject(reason=str(reasons[i]), row=int(i), record=_jsonable(r)) for i, r in zip(idx, rows)]
+        rejects = [Reject(reason=str(reasons[i]), row=int(i), record=_jsonable(r)) for i, r in zip(idx, rows, strict=True)]
         keep = pa.array(~bad)
         columns = {k: pc.filter(v, keep) for k, v in columns.items()}
     out = pa.Table.from_arrays([columns[f.name] for f in target], schema=target.remove_metadata())
@@ -117,11 +117,15 @@ def table_from_records(records: list[Any], name: str = "flowlog.v1", raws: list[
     for f in target:
         values = [r.get(f.name) for r in good]
         try:
+            if not _all_fit(values, f.type):
+                raise TypeError(f"field {f.name}: a value pyarrow would coerce")
             arrays.append(pa.array(values, type=f.type, from_pandas=False))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             fixed = []
             for j, v in enumerate(values):
                 try:
+                    if not _fits(v, f.type):
+                        raise TypeError(f"field {f.name}: not a JSON {_json_kind(f.type)}")
                     pa.array([v], type=f.type)
                     fixed.append(v)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
@@ -145,6 +149,32 @@ def table_from_records(records: list[Any], name: str = "flowlog.v1", raws: list[
             r.row = good_index[r.row]
     result.rejects = sorted(rejects + result.rejects, key=lambda r: (r.row is None, r.row or 0))
     return result
+
+
+def _fits(value: Any, t: pa.DataType) -> bool:
+    """False for JSON values pyarrow would silently coerce instead of refusing: a fraction in an
+    integer column (truncated), a string in an array column (split into characters), a null
+    inside an array or object (JSON Schema requires strings there). Item types are left to pyarrow."""
+    if value is None:
+        return True
+    if pa.types.is_integer(t):
+        return not isinstance(value, float) or value.is_integer()
+    if pa.types.is_list(t):
+        return isinstance(value, list) and None not in value
+    if pa.types.is_map(t):
+        return isinstance(value, dict) and None not in value.values()
+    return True
+
+
+def _all_fit(values: list[Any], t: pa.DataType) -> bool:
+    """``_fits`` for a whole column, without per-value type dispatch."""
+    if pa.types.is_integer(t):
+        return not any(isinstance(v, float) and not v.is_integer() for v in values)
+    if pa.types.is_list(t):
+        return all(v is None or (isinstance(v, list) and None not in v) for v in values)
+    if pa.types.is_map(t):
+        return all(v is None or (isinstance(v, dict) and None not in v.values()) for v in values)
+    return True
 
 
 def _json_kind(t: pa.DataType) -> str:

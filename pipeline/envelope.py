@@ -45,7 +45,7 @@ class Envelope:
         return out
 
     @classmethod
-    def from_headers(cls, headers: list[tuple[str, bytes | None]] | dict | None) -> "Envelope":
+    def from_headers(cls, headers: list[tuple[str, bytes | None]] | dict | None) -> Envelope:
         """Read headers; a message without headers is taken as a one-line NDJSON flowlog batch."""
         items = headers.items() if isinstance(headers, dict) else (headers or [])
         h = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")) for k, v in items}

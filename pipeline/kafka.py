@@ -108,3 +108,46 @@ def wait_for_group(settings: Settings, group: str, targets: dict[str, dict[int, 
             time.sleep(0.2)
     finally:
         reader.close()
+
+
+class LagGuard:
+    """Estimates the unconsumed bytes a consumer group has on a topic, for backpressure.
+
+    The embedded broker keeps only ~5 MiB per partition and drops the oldest data beyond
+    that, so on it every producing stage waits while its downstream consumer lags.
+    """
+
+    def __init__(self, settings: Settings, topic: str, group: str, limit_bytes: int,
+                 check_bytes: int = 512 * 1024) -> None:
+        self.topic = topic
+        self.limit = limit_bytes
+        # Check again once this much was produced: the limit can be overshot by at most this.
+        self.check_bytes = check_bytes
+        self._offsets = group_reader(settings, group)
+        self._bytes = 0
+        self._messages = 0
+        self._since_check = check_bytes
+
+    def record(self, nbytes: int) -> None:
+        """Count one produced message of ``nbytes`` (for the average message size)."""
+        self._bytes += nbytes
+        self._messages += 1
+        self._since_check += nbytes
+
+    def due(self) -> bool:
+        if self._since_check < self.check_bytes:
+            return False
+        self._since_check = 0
+        return True
+
+    def worst_lag_bytes(self, pending_messages: int = 0) -> int:
+        """Largest per-partition estimate of bytes produced but not yet committed by the group."""
+        if not self._messages:
+            return 0
+        avg = self._bytes / self._messages
+        ends = end_offsets(self._offsets, self.topic)
+        done = committed_offsets(self._offsets, self.topic, len(ends))
+        return max((int((end - done.get(p, 0) + pending_messages) * avg) for p, end in ends.items()), default=0)
+
+    def close(self) -> None:
+        self._offsets.close()

@@ -74,14 +74,14 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self._want = [name for name, on in (("worker", worker), ("sink", sink)) if on]
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         if self.settings.embedded:
             self.broker = EmbeddedBroker().start()
             run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"

@@ -16,8 +16,8 @@ from confluent_kafka import Producer
 
 from pipeline import topics
 from pipeline.agent.publisher import BatchPublisher, PublishError, producer_config
-from pipeline.conform import Reject
 from pipeline.config import Settings
+from pipeline.conform import Reject
 from pipeline.envelope import NDJSON, Envelope, encode_ndjson, new_batch_id
 from pipeline.stream.processor import _json, _raw_text
 

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, Producer
 from pipeline import topics
 from pipeline.config import Settings
 from pipeline.envelope import ARROW, Envelope, encode_arrow, new_batch_id
-from pipeline.kafka import committed_offsets, end_offsets, group_reader, partition_for
+from pipeline.kafka import LagGuard, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class BatchPublisher:
         self._partitions = self._partition_count()
         # The embedded broker drops the oldest data beyond ~5 MiB per partition: wait for consumers.
         self._backpressure = settings.on_embedded_broker if backpressure is None else backpressure
-        self._lag_reader = group_reader(settings, settings.worker_group + "-lag") if self._backpressure else None
-        self._since_check = 0
+        self._guard = LagGuard(settings, topic, settings.worker_group, settings.max_lag_bytes) \
+            if self._backpressure else None
         self.batch_ids: list[str] = []
 
     def _partition_count(self) -> int:
@@ -121,7 +121,7 @@ class BatchPublisher:
         table = table.take(pa.array(order))
         sent = 0
         step = max(1, self.settings.batch_rows)
-        for lo, hi in zip(starts, ends):
+        for lo, hi in zip(starts, ends, strict=True):
             partition = int(sorted_parts[lo])
             for s in range(lo, hi, step):
                 chunk = table.slice(s, min(step, hi - s))
@@ -132,6 +132,8 @@ class BatchPublisher:
                 value = encode_arrow(chunk)
                 self._wait_for_room()
                 self._produce(partition, value, key, env.headers())
+                if self._guard is not None:
+                    self._guard.record(len(value))
                 self.stats.batches += 1
                 self.stats.records += chunk.num_rows
                 self.stats.bytes += len(value)
@@ -159,49 +161,22 @@ class BatchPublisher:
             raise PublishError(f"Kafka rejected {count} batches: {first}")
 
     def _wait_for_room(self) -> None:
-        if self._lag_reader is None:
+        if self._guard is None or not self._guard.due():
             return
-        self._since_check += 1
-        if self._since_check < 8:
-            return
-        self._since_check = 0
-        started = time.monotonic()
-        warned = started
+        started = warned = time.monotonic()
         while True:
-            lag = self._lag_bytes()
+            self.producer.poll(0)
+            lag = self._guard.worst_lag_bytes(pending_messages=len(self.producer))
             if lag <= self.settings.max_lag_bytes:
                 break
             if time.monotonic() - warned > 30:
                 warned = time.monotonic()
-                log.warning("waiting for consumers: %.1f MiB unconsumed on one partition (limit %.1f MiB); "
-                            "is the worker or the sink running?", lag / 2**20, self.settings.max_lag_bytes / 2**20)
+                log.warning("waiting for the worker: %.1f MiB unconsumed on one partition of %s (limit %.1f MiB)",
+                            lag / 2**20, self.topic, self.settings.max_lag_bytes / 2**20)
             self.producer.poll(0.05)
             time.sleep(0.05)
         self.stats.backpressure_waits += time.monotonic() - started
 
-    def _lag_bytes(self) -> int:
-        """Worst per-partition unconsumed bytes on the raw topic (worker) and enriched topic (sink)."""
-        self.producer.poll(0)
-        avg = self.stats.bytes / max(1, self.stats.batches)
-        worst = 0
-        for topic, group, factor in ((topics.RAW, self.settings.worker_group, 1.0),
-                                     (topics.ENRICHED, self.settings.sink_group, 1.3)):
-            ends = end_offsets(self._lag_reader, topic)
-            done = committed_offsets(self._lag_reader_for(group), topic, len(ends))
-            for p, end in ends.items():
-                # Messages still in the producer's queue are not in `end` yet: count them too.
-                pending = len(self.producer) if topic == self.topic else 0
-                worst = max(worst, int((end - done.get(p, 0) + pending) * avg * factor))
-        return worst
-
-    def _lag_reader_for(self, group: str):
-        readers = self.__dict__.setdefault("_group_readers", {})
-        if group not in readers:
-            readers[group] = group_reader(self.settings, group)
-        return readers[group]
-
     def close(self) -> None:
-        for reader in self.__dict__.get("_group_readers", {}).values():
-            reader.close()
-        if self._lag_reader is not None:
-            self._lag_reader.close()
+        if self._guard is not None:
+            self._guard.close()

@@ -101,7 +101,7 @@ class EmbeddedBroker:
         self.bootstrap_servers: str = ""
         self.topics: dict[str, int] = {}
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         with self._lock:
             if self._cluster is not None:
                 return self
@@ -134,7 +134,7 @@ class EmbeddedBroker:
             self._cluster = self._rk = None
             self.bootstrap_servers = ""
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -210,8 +210,8 @@ class LakeSink:
         topic, partition = key
         if buf.tables:
             table = pa.concat_tables(buf.tables)
-            paths = self.writer.write(topics.TABLE_OF_TOPIC[topic], self.file_topic(topic), partition, buf.first, buf.last,
-                                     table)
+            paths = self.writer.write(topics.TABLE_OF_TOPIC[topic], self.file_topic(topic), partition,
+                                      buf.first, buf.last, table)
             self.stats.files += len(paths)
             self.stats.rows += table.num_rows
         self.consumer.commit(offsets=[TopicPartition(topic, partition, buf.last + 1)], asynchronous=False)

@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +71,7 @@ class ParquetLakeWriter:
         try:
             for hour in np.unique(hours):
                 part = table.filter(pa.array(hours == hour)) if len(np.unique(hours)) > 1 else table
-                ts = datetime.fromtimestamp(int(hour) * 3600, tz=timezone.utc)
+                ts = datetime.fromtimestamp(int(hour) * 3600, tz=UTC)
                 directory = f"{self.table_dir(table_name)}/date={ts:%Y-%m-%d}/hour={ts:%H}"
                 self.fs.create_dir(directory, recursive=True)
                 final = f"{directory}/{name}"

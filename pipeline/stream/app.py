@@ -14,13 +14,12 @@ import ssl
 from pathlib import Path
 
 import faust
+from confluent_kafka import TopicPartition
 
 from pipeline import topics
 from pipeline.config import Settings
-from confluent_kafka import TopicPartition
-
 from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjson
-from pipeline.kafka import group_reader
+from pipeline.kafka import LagGuard, group_reader
 from pipeline.stream.processor import FlowProcessor
 
 log = logging.getLogger(__name__)
@@ -102,17 +101,32 @@ def create_app(settings: Settings) -> faust.App:
             if tp.topic == topics.RAW:
                 processor.forget_partition(tp.partition)
 
+    # On the embedded broker the worker waits while the sink lags, or the broker would drop
+    # enriched batches the sink has not written yet.
+    guard = LagGuard(settings, topics.ENRICHED, settings.sink_group, settings.max_lag_bytes) \
+        if settings.on_embedded_broker else None
+
+    async def wait_for_sink() -> None:
+        if guard is None or not guard.due():
+            return
+        while guard.worst_lag_bytes() > settings.max_lag_bytes:
+            await asyncio.sleep(0.1)
+
     @app.agent(raw)
     async def process(stream):
         async for event in stream.events():
             msg = event.message
             if not processor.knows(msg.partition):
                 expect_committed(msg.partition)
+            await wait_for_sink()
             out = processor.process(event.value, event.headers, msg.partition, msg.offset)
             futures = []
             if out.enriched is not None:
                 env = Envelope("flow_enriched", "1", ARROW, out.enriched.num_rows, settings.node, out.batch_id)
-                futures.append(await enriched.send(value=encode_arrow(out.enriched), key=event.key,
+                body = encode_arrow(out.enriched)
+                if guard is not None:
+                    guard.record(len(body))
+                futures.append(await enriched.send(value=body, key=event.key,
                                                    partition=msg.partition, headers=env.headers()))
             futures += await publish_windows(msg.partition, out.windows)
             if out.dlq:

@@ -62,6 +62,8 @@ def address_kind(ip: str) -> str:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return "unknown"
+    if str(addr) in METADATA_ADDRESSES:  # the same address written another way (FD00:EC2:0::254)
+        return "cloud_metadata"
     if addr.is_link_local:
         return "link_local"
     if addr.is_private or addr in _CGNAT or addr.is_loopback:
@@ -88,13 +90,21 @@ class GenAIClassifier:
 
     def __init__(self, rules: tuple[GenAIRule, ...] = DEFAULT_GENAI_RULES) -> None:
         self.rules = [(r, re.compile(r.pattern, re.IGNORECASE)) for r in rules]
+        self._cache: dict[str, tuple[str, str | None]] = {}
 
-    @functools.lru_cache(maxsize=65536)
     def classify_text(self, text: str) -> tuple[str, str | None]:
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
+        result: tuple[str, str | None] = ("none", None)
         for rule, regex in self.rules:
             if regex.search(text):
-                return rule.genai_class, rule.name
-        return "none", None
+                result = (rule.genai_class, rule.name)
+                break
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[text] = result
+        return result
 
     def classify(self, workload: pa.ChunkedArray, labels: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
         text = pc.binary_join_element_wise(
