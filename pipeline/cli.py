@@ -119,6 +119,12 @@ def agent(
     """Publish flows from a source to flows.raw.v1 as Arrow batch envelopes."""
     from pipeline.agent.agent import FlowAgent
 
+    if source == "synthetic":
+        parse_time(since), parse_time(until)  # bad times fail before anything connects
+    elif source.startswith("ndjson:") and not Path(source.split(":", 1)[1]).is_file():
+        raise CliError(f"no such file: {source.split(':', 1)[1]}")
+    elif not source.startswith("ndjson:"):
+        raise CliError(f"unknown source {source!r}: use synthetic or ndjson:PATH")
     settings = _need_kafka(_settings(ctx))
     flow_agent = FlowAgent(settings)
     try:
