@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.sources.ndjson import read_ndjson
@@ -124,14 +124,13 @@ def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: boo
     import orjson
 
     inventory.write_bytes(orjson.dumps(cluster.inventory(), option=orjson.OPT_INDENT_2))
-    expected = int(rate * (end - start))
     started = time.monotonic()
     console.print(f"[bold]flowctl demo[/]: {hours:g}h of synthetic traffic from a {len(cluster.workloads)}-workload "
-                  f"cluster (~{expected:,} flow records) through the embedded broker")
+                  f"cluster (~{rate:g} flow records/s, following the time of day) through the embedded broker")
     with LocalStack(settings) as stack:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} flows"),
+        with Progress(TextColumn("{task.description}"), TextColumn("{task.completed:,} flows published"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("agent → Kafka → worker → lake", total=expected)
+            task = progress.add_task("agent → Kafka → worker → lake", total=None)
             agent = push(stack, (ConformResult(t) for t in cluster.generate(start, end, rate=rate)),
                          origin="synthetic", progress=progress, task=task)
         in_lake, dlq, windows = account(stack, agent)

@@ -88,4 +88,7 @@ class FlowAgent:
             raise PublishError(f"Kafka rejected {len(self._dlq_failures)} dead-letter batches: {self._dlq_failures[0]}")
 
     def close(self) -> None:
+        """Release the Kafka clients (their threads would otherwise outlive an embedded broker)."""
         self.publisher.close()
+        self.publisher.producer = None  # type: ignore[assignment]
+        self._dlq = None  # type: ignore[assignment]
