@@ -232,6 +232,10 @@ def bench(
     run_benchmark(_settings(ctx), name, flows=flows, as_json=json_out, console=err)
 
 
+# Verbs that live with their role's package register themselves here, one line each.
+# (register-verbs-end)
+
+
 def run() -> None:
     """Console entry point: known failures become one line on stderr and exit code 1."""
     from pipeline.agent.publisher import PublishError
