@@ -51,11 +51,25 @@ class Settings:
     window_seconds: int = 60
     grace_seconds: int = 120
     idle_flush_seconds: float = 5.0
+    # Enrichment: a `kubectl get pods -A -o json` snapshot, rule/catalog files that extend the
+    # packaged ones, and the cluster's address ranges (comma-separated CIDRs).
+    inventory: str = ""
+    genai_rules: str = ""
+    domain_catalog: str = ""
+    pod_cidrs: str = ""
+    service_cidrs: str = ""
+    node_cidrs: str = ""
     # Sink
     sink_group: str = "flowctl-sink"
     sink_flush_rows: int = 500_000
     sink_flush_seconds: float = 2.0
     log_level: str = "warning"
+    # Anomaly detection (`flowctl detect`, docs/detection.md)
+    detect_bucket_seconds: int = 300
+    detect_lookback_hours: float = 168.0
+    detect_min_history_buckets: int = 288
+    detect_merge_gap_seconds: int = 1800
+    detect_webhook_url: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.conform import parse_ndjson
 from pipeline.schema import arrow_schema
-from pipeline.stream.enrich import FlowEnricher, GenAIClassifier, first_element, stable_workload
+from pipeline.stream.enrich import FlowEnricher, first_element, stable_workload
+from pipeline.stream.genai import GenAIClassifier, parse_rules
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "flowlog.v1.ndjson"
 T0 = 1_780_315_200
@@ -189,14 +190,12 @@ def test_label_rule_wins_and_is_recorded():
     rows = enrich([flow(source_namespace="ml", source_name_aggr="scorer-*",
                         source_labels={"serving.kserve.io/inferenceservice": "scorer", "team": "ml"}),
                    flow(source_namespace="web", source_name_aggr="nginx-*")])
-    assert rows[0]["source_genai_rule"] == "label serving.kserve.io/inferenceservice"
+    assert rows[0]["source_genai_rule"] == "kserve-inferenceservice"
     assert rows[1]["source_genai_class"] == "none" and rows[1]["source_genai_rule"] is None
 
 
 def test_custom_rules_replace_the_defaults():
-    from pipeline.stream.enrich import GenAIRule
-
-    classifier = GenAIClassifier((GenAIRule("ours", "training", r"\bbatch-\w+"),))
+    classifier = GenAIClassifier(parse_rules({"rules": [{"name": "ours", "class": "training", "app": r"\bbatch-\w+"}]}, "test"))
     rows = FlowEnricher(classifier).enrich(table([flow(source_name_aggr="batch-sim-*"),
                                                   flow(source_name_aggr="vllm-*")]), "b").to_pylist()
     assert [r["source_genai_class"] for r in rows] == ["training", "none"]

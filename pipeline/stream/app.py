@@ -20,6 +20,7 @@ from pipeline import topics
 from pipeline.config import Settings
 from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjson
 from pipeline.kafka import LagGuard, group_reader
+from pipeline.stream.enrich import FlowEnricher
 from pipeline.stream.processor import FlowProcessor
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> faust.App:
     enriched = app.topic(topics.ENRICHED, value_serializer="raw", key_serializer="raw")
     windowed = app.topic(topics.WINDOWED, value_serializer="raw", key_serializer="raw")
     dlq = app.topic(topics.DLQ, value_serializer="raw", key_serializer="raw")
-    processor = FlowProcessor(settings.window_seconds, settings.grace_seconds)
+    processor = FlowProcessor(settings.window_seconds, settings.grace_seconds, FlowEnricher.from_settings(settings))
     app.flowctl_processor = processor  # type: ignore[attr-defined]
     dlq_partitions = max(1, min(settings.partitions, 3))
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.schema import arrow_schema
+from pipeline.stream.catalog import DomainCatalog
+from pipeline.stream.genai import GenAIClassifier, WorkloadFacts
+from pipeline.stream.inventory import WorkloadInventory
 
 # ReplicaSet hashes use Kubernetes' SafeEncodeString alphabet; CronJob jobs end in a minute count.
 _RS_HASH = r"-[bcdfghjklmnpqrstvwxz2456789]{5,10}-\*$"
@@ -24,26 +25,6 @@ _CRONJOB_SUFFIX = r"-\d{8,}-\*$"
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2"})
 METADATA_DOMAINS = frozenset({"metadata.google.internal", "metadata", "instance-data.ec2.internal"})
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-
-@dataclass(frozen=True)
-class GenAIRule:
-    name: str
-    genai_class: str
-    pattern: str  # searched in "workload-name app-label app.kubernetes.io/name-label label-keys"
-
-
-# First match wins. Without an inventory only names and labels are known; images and
-# GPU requests are used when the inventory enrichment is configured.
-DEFAULT_GENAI_RULES: tuple[GenAIRule, ...] = (
-    GenAIRule("label serving.kserve.io/inferenceservice", "inference", r"\bserving\.kserve\.io/inferenceservice\b"),
-    GenAIRule("label ray.io/node-type", "training", r"\bray\.io/node-type\b"),
-    GenAIRule("name inference server", "inference",
-              r"vllm|text-generation|\btgi\b|triton|ollama|llama-?cpp|kserve|predictor|\btei\b|sglang|lmdeploy"),
-    GenAIRule("name notebook", "notebook", r"jupyter|notebook"),
-    GenAIRule("name training", "training", r"\btrain|finetun|fine-tun|pytorchjob|\bray-|deepspeed"),
-    GenAIRule("name LLM application", "agent/app", r"\brag\b|rag-|llm|agent|langchain|litellm|embedd"),
-)
 
 
 def stable_workload(namespace: pa.ChunkedArray | pa.Array, name_aggr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
@@ -85,52 +66,6 @@ def _map_unique(values: pa.ChunkedArray | pa.Array, fn, null_value: str) -> pa.A
     return pa.array(mapped[idx], type=pa.string())
 
 
-class GenAIClassifier:
-    """Classifies workloads into inference / training / notebook / agent/app / none."""
-
-    def __init__(self, rules: tuple[GenAIRule, ...] = DEFAULT_GENAI_RULES) -> None:
-        self.rules = [(r, re.compile(r.pattern, re.IGNORECASE)) for r in rules]
-        self._cache: dict[str, tuple[str, str | None]] = {}
-
-    def classify_text(self, text: str) -> tuple[str, str | None]:
-        hit = self._cache.get(text)
-        if hit is not None:
-            return hit
-        result: tuple[str, str | None] = ("none", None)
-        for rule, regex in self.rules:
-            if regex.search(text):
-                result = (rule.genai_class, rule.name)
-                break
-        if len(self._cache) > 65536:
-            self._cache.clear()
-        self._cache[text] = result
-        return result
-
-    def classify(self, workload: pa.ChunkedArray, labels: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-        text = pc.binary_join_element_wise(
-            pc.fill_null(workload, ""),
-            pc.fill_null(pc.map_lookup(labels, "app", "first"), ""),
-            pc.fill_null(pc.map_lookup(labels, "app.kubernetes.io/name", "first"), ""),
-            _label_keys(labels),
-            " ",
-        )
-        classes = _map_unique(text, lambda t: self.classify_text(t)[0], "none")
-        rules = _map_unique(text, lambda t: self.classify_text(t)[1] or "", "")
-        return classes, pc.if_else(pc.equal(rules, ""), pa.scalar(None, pa.string()), rules)
-
-
-_GENAI_LABEL_KEYS = ("serving.kserve.io/inferenceservice", "ray.io/node-type")
-
-
-def _label_keys(labels: pa.ChunkedArray) -> pa.Array:
-    """The GenAI-relevant label keys present on each row, space separated."""
-    parts = []
-    for key in _GENAI_LABEL_KEYS:
-        present = pc.is_valid(pc.map_lookup(labels, key, "first"))
-        parts.append(pc.if_else(present, key, ""))
-    return pc.binary_join_element_wise(*parts, " ")
-
-
 def first_element(lists: pa.ChunkedArray | pa.Array) -> pa.Array:
     """First item of each list; null for null or empty lists."""
     if isinstance(lists, pa.ChunkedArray):
@@ -143,34 +78,137 @@ def first_element(lists: pa.ChunkedArray | pa.Array) -> pa.Array:
     return flat.take(pa.array(idx, mask=idx < 0))
 
 
-class FlowEnricher:
-    """Adds the flow_enriched.v1 columns to a conformed flowlog.v1 table."""
+class NetworkMap:
+    """Pod, service and node CIDRs of the cluster, and address classification."""
 
-    def __init__(self, classifier: GenAIClassifier | None = None) -> None:
-        self.classifier = classifier or GenAIClassifier()
+    def __init__(self, pod_cidrs: str = "", service_cidrs: str = "", node_cidrs: str = "") -> None:
+        def nets(text: str) -> list:
+            try:
+                return [ipaddress.ip_network(c.strip(), strict=False) for c in text.split(",") if c.strip()]
+            except ValueError as exc:
+                raise ValueError(f"invalid CIDR list {text!r}: {exc}") from None
+
+        self.ranges = [("pod", n) for n in nets(pod_cidrs)] + [("service", n) for n in nets(service_cidrs)] + \
+            [("node", n) for n in nets(node_cidrs)]
+        self._cache: dict[str, str] = {}
+
+    def network(self, ip: str) -> str:
+        """pod, service, node, private, link_local, cloud_metadata, public or unknown."""
+        hit = self._cache.get(ip)
+        if hit is not None:
+            return hit
+        kind = address_kind(ip)
+        if kind not in ("cloud_metadata", "unknown"):
+            addr = ipaddress.ip_address(ip)
+            for name, net in self.ranges:
+                if addr.version == net.version and addr in net:
+                    kind = name
+                    break
+        if len(self._cache) > 200_000:
+            self._cache.clear()
+        self._cache[ip] = kind
+        return kind
+
+
+def _first_rows(keys: pa.Array) -> tuple[list, np.ndarray, np.ndarray]:
+    """Distinct values of ``keys``, the row of each one's first occurrence, and each row's value index."""
+    encoded = pc.dictionary_encode(keys)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    dictionary = encoded.dictionary.to_pylist()
+    first = np.full(len(dictionary), -1, dtype=np.int64)
+    order = np.arange(len(indices))[::-1]
+    valid = indices[order] >= 0
+    first[indices[order][valid]] = order[valid]  # last write wins: the first occurrence
+    return dictionary, first, indices
+
+
+class FlowEnricher:
+    """Adds the flow_enriched.v1 columns to a conformed flowlog.v1 table.
+
+    Per-value work (inventory lookups, classification, domain matching) runs once per
+    distinct workload, address or name in the batch, never once per flow.
+    """
+
+    def __init__(self, classifier: GenAIClassifier | None = None, catalog: DomainCatalog | None = None,
+                 inventory: WorkloadInventory | None = None, networks: NetworkMap | None = None) -> None:
+        self.classifier = classifier or GenAIClassifier.load()
+        self.catalog = catalog or DomainCatalog.load()
+        self.inventory = inventory
+        self.networks = networks or NetworkMap()
         self.schema = arrow_schema("flow_enriched.v1")
+
+    @classmethod
+    def from_settings(cls, settings) -> "FlowEnricher":
+        inventory = WorkloadInventory.from_file(settings.inventory) if settings.inventory else None
+        return cls(GenAIClassifier.load(settings.genai_rules or None), DomainCatalog.load(settings.domain_catalog or None),
+                   inventory, NetworkMap(settings.pod_cidrs, settings.service_cidrs, settings.node_cidrs))
+
+    def _workload_facts(self, workload: pa.Array, labels: pa.ChunkedArray, endpoint_type: pa.ChunkedArray):
+        """Per row: GenAI class, matching rule, owner kind and GPU count of a workload."""
+        names, first, indices = _first_rows(workload)
+        label_rows = labels.take(pa.array(first)).to_pylist() if len(first) else []
+        types = endpoint_type.take(pa.array(first)).to_pylist() if len(first) else []
+        classes, rules, kinds, gpus = [], [], [], []
+        for name, row_labels, etype in zip(names, label_rows, types, strict=True):
+            info = self.inventory.workload(name) if self.inventory is not None else None
+            flow_labels = dict(row_labels) if row_labels else {}
+            if etype not in ("wep", "hep") and info is None:
+                cls_, rule = "none", None
+            else:
+                facts = WorkloadFacts(name, {**(info.labels if info else {}), **flow_labels},
+                                      tuple(sorted(info.images)) if info else (), info.gpus if info else 0)
+                cls_, rule = self.classifier.classify(facts)
+            classes.append(cls_)
+            rules.append(rule)
+            kinds.append(info.kind if info else None)
+            gpus.append(info.gpus if info else None)
+        take = pa.array(indices, mask=indices < 0)
+
+        def spread(values: list, type_: pa.DataType) -> pa.Array:
+            return pa.array(values, type_).take(take) if values else pa.nulls(len(indices), type_)
+
+        return (pc.fill_null(spread(classes, pa.string()), "none"), spread(rules, pa.string()),
+                spread(kinds, pa.string()), spread(gpus, pa.int64()))
 
     def enrich(self, table: pa.Table, batch_id: str, now: int | None = None) -> pa.Table:
         n = table.num_rows
         now = int(time.time()) if now is None else now
-        source_workload = stable_workload(table["source_namespace"], table["source_name_aggr"])
-        dest_workload = stable_workload(table["dest_namespace"], table["dest_name_aggr"])
-        src_class, src_rule = self.classifier.classify(source_workload, table["source_labels"])
-        dst_class, _ = self.classifier.classify(dest_workload, table["dest_labels"])
+        source_workload = stable_workload(table["source_namespace"], table["source_name_aggr"]).combine_chunks()
+        dest_workload = stable_workload(table["dest_namespace"], table["dest_name_aggr"]).combine_chunks()
         in_cluster = pc.is_in(table["dest_type"], value_set=pa.array(["wep", "hep"]))
+        dest_ip = table["dest_ip"]
+        if self.inventory is not None and self.inventory.pods_by_ip:
+            # Destinations only known by address (Calico 'pvt', Hubble without identity) that are pods we know.
+            pod_workload = _map_unique(dest_ip, lambda ip: (p.workload if (p := self.inventory.pod_for_ip(ip)) else ""), "")
+            known_pod = pc.and_(pc.invert(in_cluster), pc.not_equal(pod_workload, ""))
+            dest_workload = pc.if_else(known_pod, pod_workload, dest_workload)
+            in_cluster = pc.or_(in_cluster, known_pod)
+        src_class, src_rule, src_kind, src_gpus = self._workload_facts(source_workload, table["source_labels"],
+                                                                        table["source_type"])
+        dst_class, _, _, _ = self._workload_facts(dest_workload, table["dest_labels"],
+                                                  pc.if_else(in_cluster, "wep", table["dest_type"]))
         first_domain = first_element(table["dest_domains"])
-        ip_kind = _map_unique(table["dest_ip"], address_kind, "")
+        ip_kind = _map_unique(dest_ip, self.networks.network, "")
         aggr_kind = pc.if_else(pc.equal(table["dest_name_aggr"], "pub"), "public",
                                pc.if_else(pc.equal(table["dest_name_aggr"], "pvt"), "private", "unknown"))
-        domain_is_metadata = pc.fill_null(pc.is_in(first_domain, value_set=pa.array(sorted(METADATA_DOMAINS))), False)
-        outside_kind = pc.if_else(pc.equal(ip_kind, ""), aggr_kind, ip_kind)
-        outside_kind = pc.if_else(domain_is_metadata, "cloud_metadata", outside_kind)
+        category = _map_unique(first_domain, self.catalog.category, "unknown")
+        provider = _map_unique(first_domain, lambda d: self.catalog.provider(d) or "", "")
+        provider = pc.if_else(pc.equal(provider, ""), pa.scalar(None, pa.string()), provider)
+        network = pc.if_else(pc.equal(ip_kind, ""), aggr_kind, ip_kind)
+        network = pc.if_else(pc.equal(category, "cloud_metadata"), "cloud_metadata", network)
+        in_cluster_network = pc.is_in(network, value_set=pa.array(["pod", "service", "node"]))
+        category = pc.if_else(pc.equal(network, "cloud_metadata"), "cloud_metadata", category)
+        outside_kind = pc.if_else(in_cluster_network, "private", network)
         # Addresses decide even for endpoints in the cluster: a metadata hit is never 'in_cluster'.
-        dest_kind = pc.if_else(pc.equal(ip_kind, "cloud_metadata"), "cloud_metadata",
+        dest_kind = pc.if_else(pc.equal(network, "cloud_metadata"), "cloud_metadata",
                                pc.if_else(in_cluster, "in_cluster", outside_kind))
+        network = pc.if_else(pc.and_(in_cluster, pc.is_in(network, value_set=pa.array(["private", "unknown"]))),
+                             pc.if_else(pc.equal(table["dest_type"], "hep"), "node", "pod"), network)
         destination = pc.if_else(
             in_cluster, dest_workload,
-            pc.coalesce(first_domain, table["dest_ip"], table["dest_name_aggr"]),
+            pc.coalesce(first_domain, dest_ip, table["dest_name_aggr"]),
         )
         # Both ends report a flow between two workloads; count the source's report, and the
         # destination's only when the source is outside the cluster and cannot report.
@@ -178,9 +216,14 @@ class FlowEnricher:
                          pc.invert(pc.is_in(table["source_type"], value_set=pa.array(["wep", "hep"]))))
         extra = {
             "source_workload": source_workload,
+            "source_workload_kind": src_kind,
+            "source_gpus": src_gpus,
             "dest_workload": dest_workload,
             "destination": destination,
             "dest_kind": dest_kind,
+            "dest_network": network,
+            "dest_category": category,
+            "dest_provider": provider,
             "source_genai_class": src_class,
             "source_genai_rule": src_rule,
             "dest_genai_class": dst_class,

@@ -19,7 +19,7 @@ from pipeline.schema import arrow_schema
 
 KEYS = (
     "cluster", "source_namespace", "source_workload", "source_genai_class",
-    "dest_namespace", "destination", "dest_kind", "dest_genai_class",
+    "dest_namespace", "destination", "dest_kind", "dest_category", "dest_genai_class",
     "dest_port", "proto", "action",
 )
 SUMS = ("bytes_in", "bytes_out", "packets_in", "packets_out", "num_flows")
