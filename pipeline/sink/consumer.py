@@ -64,7 +64,7 @@ class SinkStats:
 class LakeSink:
     def __init__(self, settings: Settings, consumer_overrides: dict | None = None) -> None:
         self.settings = settings
-        self.writer = ParquetLakeWriter(settings.lake)
+        self.writer = ParquetLakeWriter.from_settings(settings)
         self.stats = SinkStats()
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.next_offset: dict[tuple[str, int], int] = {}
@@ -127,7 +127,7 @@ class LakeSink:
     def _decode(self, topic: str, value: bytes, headers) -> pa.Table | None:
         env = Envelope.from_headers(headers)
         table_name = topics.TABLE_OF_TOPIC[topic]
-        if topic == topics.ENRICHED and env.batch_id:
+        if topic in (topics.ENRICHED, topics.WINDOWED) and env.batch_id:
             if env.batch_id in self._seen_batches:
                 self.stats.duplicates += 1
                 return None

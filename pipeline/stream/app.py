@@ -1,9 +1,10 @@
 """The Faust worker: consumes flows.raw.v1, publishes enriched flows, windows and dead letters.
 
 One Kafka message is a batch of flows (see docs/architecture.md), so Faust's
-per-message cost is paid once per few thousand flows. Outputs of a message
-are confirmed by Kafka before the message counts as processed, so its offset
-is committed only after its outputs are durable.
+per-message cost is paid once per few thousand flows. A raw message is
+acknowledged — and its offset becomes committable — only after its outputs
+were confirmed by Kafka and a window-state snapshot that includes it is on
+disk (:mod:`pipeline.stream.state`), so a crash loses and doubles nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import faust
@@ -22,8 +25,12 @@ from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjs
 from pipeline.kafka import LagGuard, group_reader
 from pipeline.stream.enrich import FlowEnricher
 from pipeline.stream.processor import FlowProcessor
+from pipeline.stream.state import WindowStateStore
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_MESSAGES = 200
 
 
 def _faust_broker_settings(settings: Settings) -> dict:
@@ -42,6 +49,11 @@ def _faust_broker_settings(settings: Settings) -> dict:
     return conf
 
 
+def source_id(settings: Settings) -> str:
+    """Identifies the Kafka source whose offsets a snapshot refers to."""
+    return settings.lake_source_id or settings.bootstrap_servers
+
+
 def create_app(settings: Settings) -> faust.App:
     """The worker app; on the embedded broker topics must exist before it starts (no CreateTopics)."""
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
@@ -50,7 +62,7 @@ def create_app(settings: Settings) -> faust.App:
         **_faust_broker_settings(settings),
         datadir=str(Path(settings.state_dir) / "worker"),
         web_enabled=False,
-        topic_allow_declare=not settings.embedded,
+        topic_allow_declare=not settings.on_embedded_broker,
         topic_disable_leader=True,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -70,42 +82,55 @@ def create_app(settings: Settings) -> faust.App:
     processor = FlowProcessor(settings.window_seconds, settings.grace_seconds, FlowEnricher.from_settings(settings))
     app.flowctl_processor = processor  # type: ignore[attr-defined]
     dlq_partitions = max(1, min(settings.partitions, 3))
-
-    async def publish_windows(partition: int, tables) -> list:
-        futures = []
-        for table in tables:
-            if table.num_rows:
-                env = Envelope("flow_window", "1", ARROW, table.num_rows, settings.node, "")
-                futures.append(await windowed.send(value=encode_arrow(table), partition=partition,
-                                                   headers=env.headers()))
-        return futures
-
+    store = WindowStateStore(Path(settings.state_dir) / "worker" / "windows", source_id(settings))
+    lock = asyncio.Lock()
+    held: dict[int, list] = defaultdict(list)  # partition → events processed but not yet acknowledged
+    last_offset: dict[int, int] = {}
+    current = {"stream": None, "checkpoint_at": time.monotonic()}
     reader = None
+    # On the embedded broker the worker waits while the sink lags, or the broker would drop
+    # enriched batches the sink has not written yet.
+    guard = LagGuard(settings, topics.ENRICHED, settings.sink_group, settings.max_lag_bytes) \
+        if settings.on_embedded_broker else None
 
-    def expect_committed(partition: int) -> None:
-        """Where this partition must continue: its committed offset (0 on a fresh embedded broker)."""
+    def committed_offset(partition: int) -> int:
         nonlocal reader
         if reader is None:
             reader = group_reader(settings, settings.worker_group)
         offsets = reader.committed([TopicPartition(topics.RAW, partition)], timeout=10)
-        committed = offsets[0].offset if offsets else -1
+        return offsets[0].offset if offsets else -1
+
+    def start_partition(partition: int) -> None:
+        """Restore window state and the offset expectation of a partition this worker now owns."""
+        committed = committed_offset(partition)
         if committed >= 0:
             processor.expect_offset(partition, committed)
         elif settings.on_embedded_broker:
             # Topics on an embedded broker are created empty by us: anything before the first
             # message we see was dropped by the broker before it was processed.
             processor.expect_offset(partition, 0)
+        snapshot = store.load(partition, settings.window_seconds, settings.grace_seconds)
+        if snapshot is not None and snapshot.next_offset >= max(committed, 0):
+            processor.restore(partition, snapshot.state, snapshot.next_offset)
+            log.info("partition %d: restored %d open windows covering offsets below %d", partition,
+                     snapshot.state.open_windows, snapshot.next_offset)
+        elif committed > 0:
+            log.error("partition %d: no window state covers committed offset %d here; windows that were open "
+                      "when the partition moved will miss earlier flows (share the state directory between "
+                      "workers, or keep partitions on the worker that owns the state)", partition, committed)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app, revoked, **kwargs):
-        for tp in revoked:
-            if tp.topic == topics.RAW:
-                processor.forget_partition(tp.partition)
-
-    # On the embedded broker the worker waits while the sink lags, or the broker would drop
-    # enriched batches the sink has not written yet.
-    guard = LagGuard(settings, topics.ENRICHED, settings.sink_group, settings.max_lag_bytes) \
-        if settings.on_embedded_broker else None
+    async def send_windows(partition: int, tables) -> list:
+        futures = []
+        for table in tables:
+            if table.num_rows:
+                ws = table["window_start"][0].as_py()
+                rev = table["revision"][0].as_py()
+                # Deterministic id: a window re-emitted after a crash is dropped by the sink.
+                env = Envelope("flow_window", "1", ARROW, table.num_rows, settings.node,
+                               f"window:{source_id(settings)}:{partition}:{ws}:{rev}")
+                futures.append(await windowed.send(value=encode_arrow(table), partition=partition,
+                                                   headers=env.headers()))
+        return futures
 
     async def wait_for_sink() -> None:
         if guard is None or not guard.due():
@@ -113,36 +138,79 @@ def create_app(settings: Settings) -> faust.App:
         while guard.worst_lag_bytes() > settings.max_lag_bytes:
             await asyncio.sleep(0.1)
 
+    async def checkpoint() -> None:
+        """Snapshot the window state of partitions with held events, then acknowledge those events."""
+        async with lock:
+            if not held:
+                return
+            to_ack = []
+            for partition, events in held.items():
+                if events:
+                    store.save(partition, processor.window_state(partition), last_offset[partition] + 1)
+                    to_ack += events
+            held.clear()
+            current["checkpoint_at"] = time.monotonic()
+        stream = current["stream"]
+        for event in to_ack:
+            await stream.ack(event)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs):
+        await checkpoint()
+        for tp in revoked:
+            if tp.topic == topics.RAW:
+                processor.forget_partition(tp.partition)
+
     @app.agent(raw)
     async def process(stream):
-        async for event in stream.events():
+        manual = stream.noack()
+        current["stream"] = manual
+        async for event in manual.events():
             msg = event.message
-            if not processor.knows(msg.partition):
-                expect_committed(msg.partition)
             await wait_for_sink()
-            out = processor.process(event.value, event.headers, msg.partition, msg.offset)
-            futures = []
-            if out.enriched is not None:
-                env = Envelope("flow_enriched", "1", ARROW, out.enriched.num_rows, settings.node, out.batch_id)
-                body = encode_arrow(out.enriched)
-                if guard is not None:
-                    guard.record(len(body))
-                futures.append(await enriched.send(value=body, key=event.key,
-                                                   partition=msg.partition, headers=env.headers()))
-            futures += await publish_windows(msg.partition, out.windows)
-            if out.dlq:
-                env = Envelope("dlq_record", "1", NDJSON, len(out.dlq), settings.node, out.batch_id)
-                futures.append(await dlq.send(value=encode_ndjson(out.dlq), partition=msg.partition % dlq_partitions,
-                                              headers=env.headers()))
-            if futures:
-                await asyncio.gather(*futures)
+            async with lock:
+                if not processor.knows(msg.partition):
+                    start_partition(msg.partition)
+                out = processor.process(event.value, event.headers, msg.partition, msg.offset)
+                futures = []
+                if out.enriched is not None:
+                    env = Envelope("flow_enriched", "1", ARROW, out.enriched.num_rows, settings.node, out.batch_id)
+                    body = encode_arrow(out.enriched)
+                    if guard is not None:
+                        guard.record(len(body))
+                    futures.append(await enriched.send(value=body, key=event.key, partition=msg.partition,
+                                                       headers=env.headers()))
+                futures += await send_windows(msg.partition, out.windows)
+                if out.dlq:
+                    env = Envelope("dlq_record", "1", NDJSON, len(out.dlq), settings.node, out.batch_id)
+                    futures.append(await dlq.send(value=encode_ndjson(out.dlq),
+                                                  partition=msg.partition % dlq_partitions, headers=env.headers()))
+                if futures:
+                    await asyncio.gather(*futures)
+                held[msg.partition].append(event)
+                last_offset[msg.partition] = msg.offset
+                pending = sum(len(v) for v in held.values())
+            if pending >= CHECKPOINT_MESSAGES or time.monotonic() - current["checkpoint_at"] >= CHECKPOINT_SECONDS:
+                await checkpoint()
+
+    @app.timer(interval=CHECKPOINT_SECONDS)
+    async def periodic_checkpoint():
+        if current["stream"] is not None:
+            await checkpoint()
 
     @app.timer(interval=1.0)
     async def close_idle_windows():
-        for partition, tables in processor.flush_idle(settings.idle_flush_seconds).items():
-            futures = await publish_windows(partition, tables)
-            if futures:
-                await asyncio.gather(*futures)
+        flushed = False
+        async with lock:
+            for partition, tables in processor.flush_idle(settings.idle_flush_seconds).items():
+                futures = await send_windows(partition, tables)
+                if futures:
+                    await asyncio.gather(*futures)
+                if partition in last_offset:
+                    store.save(partition, processor.window_state(partition), last_offset[partition] + 1)
+                flushed = True
+        if flushed and current["stream"] is not None:
+            await checkpoint()
 
     return app
 
