@@ -55,7 +55,7 @@ class DomainCatalog:
         self._cache: dict[str, DomainRule | None] = {}
 
     @classmethod
-    def load(cls, extra: str | Path | None = None) -> "DomainCatalog":
+    def load(cls, extra: str | Path | None = None) -> DomainCatalog:
         """The packaged catalog, with the user's file (if any) checked first."""
         packaged = yaml.safe_load(resources.files("pipeline.stream").joinpath("data/domains.yaml").read_text())
         rules = _load_rules(packaged, "packaged domain catalog")

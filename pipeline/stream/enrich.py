@@ -140,7 +140,7 @@ class FlowEnricher:
         self.schema = arrow_schema("flow_enriched.v1")
 
     @classmethod
-    def from_settings(cls, settings) -> "FlowEnricher":
+    def from_settings(cls, settings) -> FlowEnricher:
         inventory = WorkloadInventory.from_file(settings.inventory) if settings.inventory else None
         return cls(GenAIClassifier.load(settings.genai_rules or None), DomainCatalog.load(settings.domain_catalog or None),
                    inventory, NetworkMap(settings.pod_cidrs, settings.service_cidrs, settings.node_cidrs))

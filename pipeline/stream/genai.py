@@ -94,7 +94,7 @@ class GenAIClassifier:
         self.rules = rules
 
     @classmethod
-    def load(cls, extra: str | Path | None = None) -> "GenAIClassifier":
+    def load(cls, extra: str | Path | None = None) -> GenAIClassifier:
         packaged = yaml.safe_load(resources.files("pipeline.stream").joinpath("data/genai_rules.yaml").read_text())
         rules = parse_rules(packaged, "packaged GenAI rules")
         if extra:

@@ -93,7 +93,7 @@ class WorkloadInventory:
         self.pods_by_ip: dict[str, PodInfo] = {}
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "WorkloadInventory":
+    def from_file(cls, path: str | Path) -> WorkloadInventory:
         path = Path(path)
         try:
             doc = orjson.loads(path.read_bytes())
