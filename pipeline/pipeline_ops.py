@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.agent.agent import FlowAgent
-from pipeline.agent.sources.ndjson import read_ndjson
 from pipeline.config import Settings
 from pipeline.conform import ConformResult
 from pipeline.query.output import render
@@ -72,13 +71,25 @@ def account(stack: LocalStack, agent: FlowAgent) -> tuple[int, int, int]:
 
 
 def ingest_files(settings: Settings, files: list[Path], timeout: float = 600.0,
-                 console: Console | None = None) -> IngestReport:
+                 console: Console | None = None, fmt: str = "ndjson") -> IngestReport:
+    """Push files in format ``fmt`` (an adapter of pipeline.agent.sources) through a local stack."""
+    from pipeline.agent.sources import adapter_for
+
+    adapter = adapter_for(fmt, settings.cluster, settings.node or None)
     started = time.monotonic()
     with LocalStack(settings) as stack:
         def batches():
             for path in files:
-                for _, result in read_ndjson(path):
-                    yield result
+                with path.open("rb") as fh:
+                    lines: list[bytes] = []
+                    first = 1
+                    for number, line in enumerate(fh, start=1):
+                        lines.append(line.rstrip(b"\r\n"))
+                        if len(lines) >= 20_000:
+                            yield adapter.parse(lines, first)
+                            first, lines = number + 1, []
+                    if lines:
+                        yield adapter.parse(lines, first)
 
         with Progress(TextColumn("{task.description}"), TextColumn("{task.completed:,} records"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
@@ -99,7 +110,7 @@ DEMO_QUERIES = {
         FROM flow_windows WHERE dest_kind <> 'in_cluster'
         GROUP BY ALL ORDER BY mb_out DESC LIMIT 10""",
     "GenAI workloads' external destinations": """
-        SELECT source_workload, source_genai_class AS class, destination, dest_kind,
+        SELECT source_workload, source_genai_class AS class, destination, dest_category AS category,
                dest_port AS port, round(sum(bytes_out) / 1e6, 2) AS mb_out, sum(num_flows) AS flows
         FROM flow_windows
         WHERE source_genai_class <> 'none' AND dest_kind <> 'in_cluster'
@@ -124,6 +135,9 @@ def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: boo
     import orjson
 
     inventory.write_bytes(orjson.dumps(cluster.inventory(), option=orjson.OPT_INDENT_2))
+    # The worker enriches from the inventory and the synthetic cluster's address ranges.
+    settings = settings.with_overrides(inventory=str(inventory.resolve()), pod_cidrs="10.244.0.0/16",
+                                       service_cidrs="10.96.0.0/12", node_cidrs="10.0.0.0/24")
     started = time.monotonic()
     console.print(f"[bold]flowctl demo[/]: {hours:g}h of synthetic traffic from a {len(cluster.workloads)}-workload "
                   f"cluster (~{rate:g} flow records/s, following the time of day) through the embedded broker")

@@ -227,3 +227,30 @@ def test_multi_chunk_table_enriches_like_one_chunk():
 def test_empty_table():
     out = FlowEnricher().enrich(arrow_schema("flowlog.v1").empty_table(), "b")
     assert out.num_rows == 0 and out.schema.equals(arrow_schema("flow_enriched.v1"))
+
+
+def test_inventory_maps_private_addresses_to_pods_and_images_to_classes():
+    from pipeline.stream.inventory import WorkloadInventory
+
+    inv = WorkloadInventory()
+    inv.add_pods([{
+        "metadata": {"name": "tgi-6d5f8b7c9d-abcde", "namespace": "genai", "labels": {"pod-template-hash": "6d5f8b7c9d"},
+                     "ownerReferences": [{"kind": "ReplicaSet", "name": "tgi-6d5f8b7c9d", "controller": True}]},
+        "spec": {"containers": [{"image": "ghcr.io/huggingface/text-generation-inference:2.4"}]},
+        "status": {"podIP": "10.244.7.7"},
+    }])
+    records = [
+        flow(source_namespace="genai", source_name_aggr="tgi-6d5f8b7c9d-*"),
+        outside("10.244.7.7", aggr="pvt"),
+    ]
+    rows = FlowEnricher(inventory=inv).enrich(table(records), "b").to_pylist()
+    assert (rows[0]["source_genai_class"], rows[0]["source_genai_rule"]) == ("inference", "image-tgi")
+    assert rows[0]["source_workload_kind"] == "Deployment"
+    assert rows[1]["dest_workload"] == "genai/tgi" and rows[1]["dest_kind"] == "in_cluster"
+    assert rows[1]["dest_genai_class"] == "inference" and rows[1]["dest_network"] == "pod"
+
+
+def test_domain_category_and_provider_columns():
+    rows = enrich([outside("104.18.1.1", dest_domains=["api.anthropic.com"]), outside("1.2.3.4", dest_domains=None)])
+    assert (rows[0]["dest_category"], rows[0]["dest_provider"]) == ("llm_api", "anthropic")
+    assert (rows[1]["dest_category"], rows[1]["dest_provider"]) == ("unknown", None)
