@@ -56,8 +56,34 @@ def bench_e2e(settings: Settings, flows: int, console: Console) -> list[tuple[st
     ]
 
 
+def bench_sink(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """flows.enriched.v1 → sink process → committed Parquet (rows/s)."""
+    from pipeline.query.benchmark import bench_sink as run
+
+    return run(settings, flows, console)
+
+
+def bench_query(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """The saved queries over a lake of --flows synthetic flows (seconds each)."""
+    from pipeline.query.benchmark import bench_query as run
+
+    return run(settings, flows, console)
+
+
+def bench_recommend(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """`flowctl recommend` over a generated lake of ``flows`` enriched flows from 1,000 workloads (lake build not timed)."""
+    from jobs.policy.bench import bench_recommend as run
+
+    return run(flows, workloads=1000)
+
+
 BENCHMARKS: dict[str, Callable[[Settings, int, Console], list[tuple[str, str, float, str]]]] = {
     "e2e": bench_e2e,
+    "recommend": bench_recommend,
+    "sink": bench_sink,
+    "query": bench_query,
+    "stream": lambda settings, flows, console: __import__("pipeline.stream.bench", fromlist=["bench_stream"]).bench_stream(
+        settings, flows, console),
 }
 
 

@@ -30,7 +30,7 @@ from pipeline.stream.state import WindowStateStore
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 1.0
-CHECKPOINT_MESSAGES = 200
+CHECKPOINT_MESSAGES = 100
 
 
 def _faust_broker_settings(settings: Settings) -> dict:
@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> faust.App:
     lock = asyncio.Lock()
     held: dict[int, list] = defaultdict(list)  # partition → events processed but not yet acknowledged
     last_offset: dict[int, int] = {}
+    inflight: list = []  # output deliveries not yet confirmed
     current = {"stream": None, "checkpoint_at": time.monotonic()}
     reader = None
     # On the embedded broker the worker waits while the sink lags, or the broker would drop
@@ -141,6 +142,9 @@ def create_app(settings: Settings) -> faust.App:
     async def checkpoint() -> None:
         """Snapshot the window state of partitions with held events, then acknowledge those events."""
         async with lock:
+            if inflight:
+                await asyncio.gather(*inflight)
+                inflight.clear()
             if not held:
                 return
             to_ack = []
@@ -185,8 +189,9 @@ def create_app(settings: Settings) -> faust.App:
                     env = Envelope("dlq_record", "1", NDJSON, len(out.dlq), settings.node, out.batch_id)
                     futures.append(await dlq.send(value=encode_ndjson(out.dlq),
                                                   partition=msg.partition % dlq_partitions, headers=env.headers()))
-                if futures:
-                    await asyncio.gather(*futures)
+                # Confirmed in bulk by the next checkpoint, before the message is acknowledged:
+                # one Kafka round trip per checkpoint, not per message.
+                inflight.extend(futures)
                 held[msg.partition].append(event)
                 last_offset[msg.partition] = msg.offset
                 pending = sum(len(v) for v in held.values())

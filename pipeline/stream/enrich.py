@@ -228,7 +228,7 @@ class FlowEnricher:
             "source_genai_rule": src_rule,
             "dest_genai_class": dst_class,
             "counted": counted,
-            "batch_id": pa.array([batch_id] * n, pa.string()) if n else pa.array([], pa.string()),
+            "batch_id": pa.repeat(pa.scalar(batch_id, pa.string()), n),
             "ingest_time": pa.array(np.full(n, now, dtype=np.int64)),
         }
         columns = [table[f.name] if f.name in table.column_names else extra[f.name] for f in self.schema]
