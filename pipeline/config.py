@@ -64,12 +64,18 @@ class Settings:
     sink_flush_rows: int = 500_000
     sink_flush_seconds: float = 2.0
     log_level: str = "warning"
+    # Port for Prometheus /metrics of long-running verbs (0: off).
+    metrics_port: int = 0
     # Anomaly detection (`flowctl detect`, docs/detection.md)
     detect_bucket_seconds: int = 300
     detect_lookback_hours: float = 168.0
     detect_min_history_buckets: int = 288
     detect_merge_gap_seconds: int = 1800
     detect_webhook_url: str = ""
+    # Lake on S3-compatible storage (lake = s3://bucket/prefix): endpoint override such as
+    # http://minio:9000, and region; credentials come from the standard AWS environment variables.
+    s3_endpoint: str = ""
+    s3_region: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline import topics
+from pipeline import metrics, topics
 from pipeline.config import Settings
 from pipeline.conform import parse_ndjson
 from pipeline.envelope import ARROW, Envelope, EnvelopeError, decode_arrow, split_ndjson
@@ -153,6 +153,8 @@ class LakeSink:
             lost = offset - expected
             self.stats.offset_gaps += 1
             self.stats.lost_messages += lost
+            metrics.OFFSET_GAPS.labels("sink").inc()
+            metrics.LOST_MESSAGES.labels("sink").inc(lost)
             log.error("OFFSET GAP on %s[%d]: expected offset %d, got %d: %d messages never reached the lake",
                       key[0], key[1], expected, offset, lost)
 

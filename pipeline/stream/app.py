@@ -19,7 +19,7 @@ from pathlib import Path
 import faust
 from confluent_kafka import TopicPartition
 
-from pipeline import topics
+from pipeline import metrics, topics
 from pipeline.config import Settings
 from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjson
 from pipeline.kafka import LagGuard, group_reader
@@ -223,6 +223,7 @@ def create_app(settings: Settings) -> faust.App:
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGINT/SIGTERM (blocks; exits the process when done)."""
     app = create_app(settings)
+    metrics.serve(settings.metrics_port)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.spinner = None  # a terminal spinner garbles the output of the verbs that start workers
     worker.execute_from_commandline()

@@ -55,8 +55,10 @@ n = {keys}
 schema = arrow_schema("flow_enriched.v1")
 cols = {{}}
 for f in schema:
-    if f.name in ("source_workload", "destination"):
-        cols[f.name] = pa.array([f"ns/w{{i % 5000}}" if f.name == "source_workload" else f"10.{{i // 65536 % 256}}.{{i // 256 % 256}}.{{i % 256}}" for i in range(n)])
+    if f.name == "source_workload":
+        cols[f.name] = pa.array([f"ns/w{{i % 5000}}" for i in range(n)])
+    elif f.name == "destination":
+        cols[f.name] = pa.array([f"10.{{i // 65536 % 256}}.{{i // 256 % 256}}.{{i % 256}}" for i in range(n)])
     elif pa.types.is_integer(f.type):
         cols[f.name] = pa.array(np.full(n, 1_790_000_000 if "time" in f.name else 1, dtype=np.int64))
     elif pa.types.is_boolean(f.type):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 import pyarrow as pa
 
-from pipeline import topics
+from pipeline import metrics, topics
 from pipeline.conform import Reject, conform_table, parse_ndjson
 from pipeline.envelope import ARROW, NDJSON, Envelope, EnvelopeError, decode_arrow, split_ndjson
 from pipeline.stream.enrich import FlowEnricher
@@ -75,6 +75,7 @@ class FlowProcessor:
     def _dead_letter(self, rejects: list[Reject], partition: int, offset: int, batch_id: str) -> list[dict]:
         now = int(time.time())
         self.stats.dead_letters += len(rejects)
+        metrics.WORKER_DEAD_LETTERS.inc(len(rejects))
         return [{
             "reason": r.reason,
             "source_topic": topics.RAW,
@@ -103,6 +104,8 @@ class FlowProcessor:
         lost = offset - expected
         self.stats.offset_gaps += 1
         self.stats.lost_messages += lost
+        metrics.OFFSET_GAPS.labels("worker").inc()
+        metrics.LOST_MESSAGES.labels("worker").inc(lost)
         log.error("OFFSET GAP on %s[%d]: expected offset %d, got %d: %d messages were lost before processing",
                   topics.RAW, partition, expected, offset, lost)
         return {"reason": f"offset gap: {lost} messages lost (offsets {expected}..{offset - 1})",
@@ -128,6 +131,7 @@ class FlowProcessor:
 
     def _process(self, value: bytes | None, headers, partition: int, offset: int) -> ProcessOutput:
         self.stats.messages += 1
+        metrics.WORKER_MESSAGES.inc()
         env = Envelope.from_headers(headers)
         out = ProcessOutput(batch_id=env.batch_id)
         gap = self.check_offset(partition, offset)
@@ -144,6 +148,7 @@ class FlowProcessor:
         if env.batch_id:
             if env.batch_id in self._seen:
                 self.stats.duplicates += 1
+                metrics.WORKER_DUPLICATES.inc()
                 log.info("dropping redelivered batch %s at %s[%d]@%d", env.batch_id, topics.RAW, partition, offset)
                 return out
             self._remember(env.batch_id)
@@ -165,12 +170,15 @@ class FlowProcessor:
             out.dlq += self._dead_letter([Reject(str(exc), raw=value)], partition, offset, env.batch_id)
             return out
         self.stats.records_in += result.table.num_rows + len(result.rejects)
+        metrics.WORKER_RECORDS_IN.inc(result.table.num_rows + len(result.rejects))
         if result.rejects:
             out.dlq += self._dead_letter(result.rejects, partition, offset, env.batch_id)
         if result.table.num_rows:
             out.enriched = self.enricher.enrich(result.table, batch_id)
             self.stats.records_out += out.enriched.num_rows
+            metrics.WORKER_RECORDS_OUT.inc(out.enriched.num_rows)
             out.windows = state.add(out.enriched)
+            metrics.OPEN_WINDOWS.set(sum(s.open_windows for s in self.windows.values()))
         return out
 
     def flush_idle(self, idle_seconds: float) -> dict[int, list[pa.Table]]:
