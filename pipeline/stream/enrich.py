@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,8 @@ from pipeline.schema import arrow_schema
 from pipeline.stream.catalog import DomainCatalog
 from pipeline.stream.genai import GenAIClassifier, WorkloadFacts
 from pipeline.stream.inventory import WorkloadInventory
+
+log = logging.getLogger(__name__)
 
 # ReplicaSet hashes use Kubernetes' SafeEncodeString alphabet; CronJob jobs end in a minute count.
 _RS_HASH = r"-[bcdfghjklmnpqrstvwxz2456789]{5,10}-\*$"
@@ -141,7 +144,18 @@ class FlowEnricher:
 
     @classmethod
     def from_settings(cls, settings) -> FlowEnricher:
-        inventory = WorkloadInventory.from_file(settings.inventory) if settings.inventory else None
+        inventory = None
+        if settings.inventory.startswith("kubernetes"):
+            # "kubernetes" (in-cluster or kubeconfig) or "kubernetes:https://api.example:6443"
+            from pipeline.stream.kube import KubernetesInventoryWatcher
+
+            inventory = WorkloadInventory()
+            host = settings.inventory.split(":", 1)[1] if ":" in settings.inventory else ""
+            watcher = KubernetesInventoryWatcher(inventory, host=host).start()
+            if not watcher.synced.wait(30):
+                log.warning("the Kubernetes API did not answer within 30s; enriching without an inventory until it does")
+        elif settings.inventory:
+            inventory = WorkloadInventory.from_file(settings.inventory)
         return cls(GenAIClassifier.load(settings.genai_rules or None), DomainCatalog.load(settings.domain_catalog or None),
                    inventory, NetworkMap(settings.pod_cidrs, settings.service_cidrs, settings.node_cidrs))
 

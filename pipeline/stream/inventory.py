@@ -134,6 +134,13 @@ class WorkloadInventory:
             for ip in ips:
                 self.pods_by_ip[str(ip)] = PodInfo(namespace, str(meta.get("name", "")), str(ip), node, key)
 
+    def remove_pod(self, pod: dict) -> None:
+        """Forget a deleted pod's addresses (its workload stays known: a new pod usually replaces it)."""
+        meta = pod.get("metadata") or {}
+        name, namespace = str(meta.get("name", "")), str(meta.get("namespace") or "default")
+        for ip in [ip for ip, info in self.pods_by_ip.items() if info.name == name and info.namespace == namespace]:
+            del self.pods_by_ip[ip]
+
     def workload(self, key: str) -> WorkloadInfo | None:
         return self.workloads.get(key)
 
