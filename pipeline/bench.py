@@ -77,8 +77,16 @@ def bench_recommend(settings: Settings, flows: int, console: Console) -> list[tu
     return run(flows, workloads=1000)
 
 
+def bench_detect(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """Anomaly detection: score a day of ``flows`` flow_windows rows against the day before."""
+    from jobs.anomaly.bench import bench_detect as run
+
+    return run(flows)
+
+
 BENCHMARKS: dict[str, Callable[[Settings, int, Console], list[tuple[str, str, float, str]]]] = {
     "e2e": bench_e2e,
+    "detect": bench_detect,
     "recommend": bench_recommend,
     "sink": bench_sink,
     "query": bench_query,

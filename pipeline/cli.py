@@ -110,32 +110,84 @@ def sink(ctx: typer.Context) -> None:
 @app.command()
 def agent(
     ctx: typer.Context,
-    source: str = typer.Option("synthetic", help="synthetic, or ndjson:PATH (canonical flowlog.v1 records)."),
+    source: str = typer.Option("synthetic", help="synthetic, calico:DIR|FILE (DIR/flows.log), hubble:PATH, goldmane:PATH, "
+                                                 "goldmane:http://HOST:PORT (NDJSON push receiver) or ndjson:PATH."),
+    follow: bool = typer.Option(True, help="File sources: keep following the file (appends, rotation) until stopped; "
+                                           "--no-follow stops at its end."),
+    checkpoint: Path | None = typer.Option(None, help="File sources: checkpoint file (default: STATE_DIR/agent-<source>.json)."),
     rate: float = typer.Option(2000.0, help="synthetic: flow records per second of event time."),
     since: str = typer.Option("-1h", help="synthetic: start of the event time range (ISO 8601, epoch or -2h)."),
     until: str = typer.Option("now", help="synthetic: end of the event time range."),
     seed: int = typer.Option(7, help="synthetic: random seed."),
 ) -> None:
-    """Publish flows from a source to flows.raw.v1 as Arrow batch envelopes."""
+    """Publish flows from a source to flows.raw.v1 as Arrow batch envelopes.
+
+    File sources are tailed like a log shipper: the byte position per file is checkpointed once
+    Kafka confirmed the records before it, so a restarted agent resumes without loss or duplicates.
+    """
     from pipeline.agent.agent import FlowAgent
 
+    kind, _, target = source.partition(":")
     if source == "synthetic":
         parse_time(since), parse_time(until)  # bad times fail before anything connects
-    elif source.startswith("ndjson:") and not Path(source.split(":", 1)[1]).is_file():
-        raise CliError(f"no such file: {source.split(':', 1)[1]}")
-    elif not source.startswith("ndjson:"):
-        raise CliError(f"unknown source {source!r}: use synthetic or ndjson:PATH")
+    elif kind in ("calico", "hubble", "goldmane", "ndjson") and target:
+        if not target.startswith("http://"):
+            path = _source_path(kind, target)
+            if not path.parent.is_dir():
+                raise CliError(f"no such directory: {path.parent}")
+        elif kind != "goldmane":
+            raise CliError(f"{kind} has no HTTP receiver; only goldmane:http://HOST:PORT")
+    else:
+        raise CliError(f"unknown source {source!r}: use synthetic, calico:DIR, hubble:PATH, goldmane:PATH, "
+                       "goldmane:http://HOST:PORT or ndjson:PATH")
     settings = _need_kafka(_settings(ctx))
     flow_agent = FlowAgent(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        for result in _source_batches(source, settings, rate, since, until, seed):
-            flow_agent.dead_letter(result.rejects, origin=source)
-            flow_agent.publish(result.table)
-        flow_agent.finish()
+        if source == "synthetic":
+            for result in _source_batches(source, settings, rate, since, until, seed):
+                flow_agent.dead_letter(result.rejects, origin=source)
+                flow_agent.publish(result.table)
+            flow_agent.finish()
+            s = flow_agent.stats
+            err.print(f"published {s.published:,} flows in {s.batches:,} batches; {s.rejected:,} records dead-lettered")
+        elif target.startswith("http://"):
+            from pipeline.agent.receiver import serve_ndjson
+            from pipeline.agent.sources import adapter_for
+
+            stats = serve_ndjson(flow_agent, adapter_for(kind, settings.cluster, settings.node or None), target, stop,
+                                 on_ready=lambda url: err.print(f"receiving {kind} NDJSON on {url}; Ctrl-C stops"))
+            err.print(f"received {stats.lines:,} records: {stats.published:,} published, {stats.rejected:,} dead-lettered")
+        else:
+            from pipeline.agent.shipper import ship_file
+            from pipeline.agent.sources import adapter_for
+            from pipeline.agent.tail import Checkpoint, FileTailer
+
+            path = _source_path(kind, target)
+            ckpt = checkpoint or Path(settings.state_dir) / f"agent-{kind}-{_slug(path)}.json"
+            tailer = FileTailer(path, Checkpoint(ckpt))
+            try:
+                stats = ship_file(flow_agent, tailer, adapter_for(kind, settings.cluster, settings.node or None),
+                                  follow=follow, stop=stop)
+            finally:
+                tailer.close()
+            err.print(f"{stats.lines:,} records read from {path}: {stats.published:,} published, "
+                      f"{stats.rejected:,} dead-lettered, {stats.skipped:,} skipped (replies); checkpoint {ckpt}")
     finally:
         flow_agent.close()
-    s = flow_agent.stats
-    err.print(f"published {s.published:,} flows in {s.batches:,} batches; {s.rejected:,} records dead-lettered")
+
+
+def _source_path(kind: str, target: str) -> Path:
+    path = Path(target)
+    return path / "flows.log" if kind == "calico" and path.is_dir() else path
+
+
+def _slug(path: Path) -> str:
+    import hashlib
+
+    return hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
 
 
 def _source_batches(source: str, settings: Settings, rate: float, since: str, until: str, seed: int):
@@ -150,34 +202,28 @@ def _source_batches(source: str, settings: Settings, rate: float, since: str, un
         gen = SyntheticCluster(seed=seed, cluster=settings.cluster if settings.cluster != "default" else "demo")
         for table in gen.generate(start, end, rate=rate):
             yield ConformResult(table)
-    elif source.startswith("ndjson:"):
-        from pipeline.agent.sources.ndjson import read_ndjson
-
-        path = Path(source.split(":", 1)[1])
-        if not path.is_file():
-            raise CliError(f"no such file: {path}")
-        for _, result in read_ndjson(path):
-            yield result
     else:
-        raise CliError(f"unknown source {source!r}: use synthetic or ndjson:PATH")
+        raise CliError(f"unknown source {source!r}")
 
 
 @app.command()
 def ingest(
     ctx: typer.Context,
-    files: list[Path] = typer.Argument(..., help="Flow log files (NDJSON of flowlog.v1 records)."),
-    fmt: str = typer.Option("ndjson", "--format", help="Input format: ndjson."),
+    files: list[Path] = typer.Argument(..., help="Flow log files in the format given by --format."),
+    fmt: str = typer.Option("ndjson", "--format", help="Input format: calico (flows.log), hubble (hubble observe -o json), "
+                                                       "goldmane (emitter or Whisker JSON) or ndjson (flowlog.v1 records)."),
     timeout: float = typer.Option(600.0, help="Seconds to wait for the pipeline to finish."),
 ) -> None:
     """Push flow log files through broker → worker → sink and wait until every record is in the lake or the DLQ."""
+    from pipeline.agent.sources import ADAPTERS
     from pipeline.pipeline_ops import ingest_files
 
-    if fmt != "ndjson":
-        raise CliError(f"unknown --format {fmt!r}: only ndjson is supported")
+    if fmt not in ADAPTERS:
+        raise CliError(f"unknown --format {fmt!r}: use one of {', '.join(ADAPTERS)}")
     for f in files:
         if not f.is_file():
             raise CliError(f"no such file: {f}")
-    report = ingest_files(_settings(ctx), files, timeout=timeout, console=err)
+    report = ingest_files(_settings(ctx), files, timeout=timeout, console=err, fmt=fmt)
     print(report.summary())
     if report.lost:
         raise CliError(f"{report.lost} records are neither in the lake nor in the DLQ")
@@ -186,18 +232,15 @@ def ingest(
 @app.command()
 def sql(
     ctx: typer.Context,
-    query: str = typer.Argument(..., help="SQL over the views flows, flow_windows, dlq."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json (one object per line)."),
+    query: str | None = typer.Argument(None, help="SQL over the views flows, flow_windows, dlq, alerts, policy_recommendations. "
+                                                  "Omit it for an interactive shell (statements end with ';')."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv, json (one object per line) or parquet (needs --output)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the result to this file instead of stdout."),
 ) -> None:
-    """Run a SQL query over the lake with DuckDB."""
-    from pipeline.query.output import FORMATS, render
-    from pipeline.query.views import connect, query_table
+    """Query the lake with DuckDB, read-only: SELECT and EXPLAIN only, no files outside the lake."""
+    from pipeline.query.commands import run_sql
 
-    if fmt not in FORMATS:
-        raise CliError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    settings = _settings(ctx)
-    con = connect(settings.lake)
-    render(query_table(con, query), fmt)
+    run_sql(_settings(ctx), query, fmt, output)
 
 
 @app.command()
@@ -232,7 +275,17 @@ def bench(
     run_benchmark(_settings(ctx), name, flows=flows, as_json=json_out, console=err)
 
 
+from pipeline.query import commands as _query_commands  # noqa: E402
+
+app.command("query")(_query_commands.query)
+app.add_typer(_query_commands.lake_app, name="lake")
 # Verbs that live with their role's package register themselves here, one line each.
+from jobs.anomaly.cli import register as register_detect  # noqa: E402
+
+register_detect(app)
+from jobs.policy.cli import register as register_recommend  # noqa: E402
+
+register_recommend(app)
 # (register-verbs-end)
 
 

@@ -1,4 +1,4 @@
-"""Render query results as a table, CSV or JSON."""
+"""Render query results as a table, CSV or JSON, or save them as a file (also Parquet)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from typing import TextIO
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "csv", "json")
+# Formats that need a file (--output) rather than a terminal.
+FILE_FORMATS = ("parquet",)
 
 
 def _cell(value: object) -> str:
@@ -52,3 +55,18 @@ def render(result: pa.Table, fmt: str = "table", out: TextIO | None = None, titl
         Console(file=out, width=max(100, Console().width)).print(table)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def write_result(result: pa.Table, fmt: str, output: str | None = None, title: str | None = None) -> None:
+    """Render to stdout, or save to ``output`` in ``fmt`` (parquet needs a file)."""
+    if fmt in FILE_FORMATS:
+        if not output:
+            raise ValueError(f"--format {fmt} writes a file: add --output FILE")
+        pq.write_table(result, output, compression="zstd", write_statistics=True)
+    elif fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS + FILE_FORMATS)}")
+    elif output:
+        with open(output, "w", encoding="utf-8") as out:
+            render(result, fmt, out=out, title=title)
+    else:
+        render(result, fmt, title=title)

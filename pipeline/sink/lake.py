@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from pipeline.config import Settings
 
 # Column giving each table's event time, used for the date=/hour= partitions.
 TIME_COLUMN = {"flows": "end_time", "flow_windows": "window_start", "dlq": "dlq_time", "alerts": "start_time"}
@@ -37,8 +42,73 @@ class FileRange:
     last: int
 
 
-def open_lake(root: str) -> tuple[pafs.FileSystem, str]:
-    """Filesystem and base path for a lake root: a local directory or s3://bucket/prefix."""
+@dataclass(frozen=True)
+class LakeFile:
+    """A committed lake file: where it is and which offsets of which topic partition it holds."""
+    path: str
+    topic: str
+    partition: int
+    first: int
+    last: int
+    size: int = 0
+
+    @property
+    def directory(self) -> str:
+        return self.path.rsplit("/", 1)[0]
+
+    def covers(self, other: LakeFile) -> bool:
+        """True when this file holds every offset of ``other`` for the same hour (a compaction of it)."""
+        return (self is not other and self.path != other.path and self.directory == other.directory
+                and self.topic == other.topic and self.partition == other.partition
+                and self.first <= other.first and other.last <= self.last)
+
+
+def parse_file_name(path: str, size: int = 0) -> LakeFile | None:
+    """The LakeFile a path names, or None for temporary and foreign files."""
+    m = _NAME.match(path.rsplit("/", 1)[-1])
+    if m is None or path.rsplit("/", 1)[-1].startswith("."):
+        return None
+    return LakeFile(path, m.group("topic"), int(m.group("partition")), int(m.group("first")), int(m.group("last")), size)
+
+
+def covered_files(files: Iterable[LakeFile]) -> set[str]:
+    """Paths whose rows are also in a larger file of the same hour: compaction inputs not yet deleted."""
+    groups: dict[tuple[str, str, int], list[LakeFile]] = {}
+    for f in files:
+        groups.setdefault((f.directory, f.topic, f.partition), []).append(f)
+    covered: set[str] = set()
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        for f in group:
+            if any(other.covers(f) for other in group):
+                covered.add(f.path)
+    return covered
+
+
+def is_object_store(root: str) -> bool:
+    return "://" in root and not root.startswith("file://")
+
+
+def open_lake(root: str, s3_endpoint: str = "", s3_region: str = "") -> tuple[pafs.FileSystem, str]:
+    """Filesystem and base path for a lake root: a local directory or s3://bucket/prefix.
+
+    For S3, credentials come from the standard AWS environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, profiles); ``s3_endpoint`` points at an
+    S3-compatible store (``http://minio:9000``).
+    """
+    if root.startswith("s3://"):
+        bucket_path = root[len("s3://"):].rstrip("/")
+        if not bucket_path:
+            raise ValueError(f"lake {root!r} names no bucket: use s3://bucket/prefix")
+        options: dict = {}
+        if s3_endpoint:
+            scheme, _, host = s3_endpoint.partition("://")
+            options["endpoint_override"] = host if host else scheme
+            options["scheme"] = scheme if host else "https"
+        if s3_region:
+            options["region"] = s3_region
+        return pafs.S3FileSystem(**options), bucket_path
     if "://" in root:
         fs, path = pafs.FileSystem.from_uri(root)
         return fs, path.rstrip("/")
@@ -48,11 +118,16 @@ def open_lake(root: str) -> tuple[pafs.FileSystem, str]:
 
 
 class ParquetLakeWriter:
-    def __init__(self, root: str, row_group_size: int = 500_000, compression: str = "zstd") -> None:
+    def __init__(self, root: str, row_group_size: int = 500_000, compression: str = "zstd",
+                 s3_endpoint: str = "", s3_region: str = "") -> None:
         self.root = root
-        self.fs, self.base = open_lake(root)
+        self.fs, self.base = open_lake(root, s3_endpoint=s3_endpoint, s3_region=s3_region)
         self.row_group_size = row_group_size
         self.compression = compression
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ParquetLakeWriter:
+        return cls(settings.lake, s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region)
 
     def table_dir(self, table: str) -> str:
         return f"{self.base}/{table}"
@@ -95,8 +170,23 @@ class ParquetLakeWriter:
         selector = pafs.FileSelector(self.table_dir(table_name), recursive=True, allow_not_found=True)
         return [f for f in self.fs.get_file_info(selector) if f.type == pafs.FileType.File]
 
+    def lake_files(self, table_name: str) -> list[LakeFile]:
+        """Committed files of a table (temporary and foreign files left out)."""
+        found = (parse_file_name(f.path, f.size) for f in self.files(table_name))
+        return [f for f in found if f is not None]
+
+    def live_files(self, table_name: str) -> list[LakeFile]:
+        """The files a reader should scan: committed files minus those a compacted file covers."""
+        files = self.lake_files(table_name)
+        covered = covered_files(files)
+        return [f for f in files if f.path not in covered]
+
     def last_range(self, table_name: str, topic: str, partition: int) -> FileRange | None:
-        """The newest offset range of topic/partition in the lake (the position to resume from)."""
+        """The newest offset range of topic/partition in the lake (the position to resume from).
+
+        Compaction never merges the newest range of a topic partition, so this stays the range
+        the sink wrote last.
+        """
         best: FileRange | None = None
         for info in self.files(table_name):
             m = _NAME.match(info.base_name)
