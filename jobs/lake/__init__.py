@@ -1,0 +1,1 @@
+"""Lake maintenance: compaction of small files, retention of date partitions."""
