@@ -136,6 +136,11 @@ def create_app(settings: Settings) -> faust.App:
     async def wait_for_sink() -> None:
         if guard is None or not guard.due():
             return
+        async with lock:
+            # Deliveries still in flight are not in the end offsets yet: confirm them first.
+            if inflight:
+                await asyncio.gather(*inflight)
+                inflight.clear()
         while guard.worst_lag_bytes() > settings.max_lag_bytes:
             await asyncio.sleep(0.1)
 
