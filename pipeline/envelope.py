@@ -68,8 +68,12 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_arrow(table: pa.Table, compression: str | None = "zstd") -> bytes:
-    """Arrow IPC stream with compressed buffers (Kafka-level compression is then unnecessary)."""
+def encode_arrow(table: pa.Table, compression: str | None = "lz4") -> bytes:
+    """Arrow IPC stream with compressed buffers (Kafka-level compression is then unnecessary).
+
+    LZ4 frames: decoding is ~4x faster than zstd for ~1.6x the bytes, and decoding is on the
+    worker's hot path.
+    """
     sink = pa.BufferOutputStream()
     options = ipc.IpcWriteOptions(compression=compression)
     with ipc.new_stream(sink, table.schema, options=options) as writer:

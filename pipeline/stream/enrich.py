@@ -245,5 +245,6 @@ class FlowEnricher:
             "batch_id": pa.repeat(pa.scalar(batch_id, pa.string()), n),
             "ingest_time": pa.array(np.full(n, now, dtype=np.int64)),
         }
-        columns = [table[f.name] if f.name in table.column_names else extra[f.name] for f in self.schema]
+        present = set(table.column_names)
+        columns = [table[f.name] if f.name in present else extra[f.name] for f in self.schema]
         return pa.Table.from_arrays(columns, schema=self.schema)

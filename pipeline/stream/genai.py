@@ -92,6 +92,7 @@ class GenAIClassifier:
 
     def __init__(self, rules: list[GenAIRule]) -> None:
         self.rules = rules
+        self._cache: dict[tuple, tuple[str, str | None]] = {}
 
     @classmethod
     def load(cls, extra: str | Path | None = None) -> GenAIClassifier:
@@ -108,7 +109,11 @@ class GenAIClassifier:
         return cls(rules)
 
     def classify(self, facts: WorkloadFacts) -> tuple[str, str | None]:
-        for rule in self.rules:
-            if rule.matches(facts):
-                return rule.genai_class, rule.name
-        return "none", None
+        key = (facts.name, tuple(sorted(facts.labels.items())), facts.images, facts.gpus)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = next(((r.genai_class, r.name) for r in self.rules if r.matches(facts)), ("none", None))
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
