@@ -1,0 +1,1 @@
+"""Egress anomaly detection for GenAI workloads: lake features → detectors → alerts (see docs/detection.md)."""
