@@ -66,3 +66,11 @@ def test_network_map(ip: str, expected: str) -> None:
 def test_bad_cidr() -> None:
     with pytest.raises(ValueError, match="invalid CIDR"):
         NetworkMap("10.244.0.0/33")
+
+
+@pytest.mark.parametrize("ip, expected", [
+    ("172.20.1.1", "private"), ("192.168.1.1", "private"), ("100.64.3.3", "private"), ("fd12::1", "private"),
+    ("203.0.113.77", "public"), ("198.51.100.23", "public"), ("172.32.0.1", "public"), ("224.0.0.251", "unknown"),
+])
+def test_private_means_rfc1918_cgnat_and_ula(ip: str, expected: str) -> None:
+    assert NetworkMap().network(ip) == expected

@@ -27,7 +27,9 @@ _CRONJOB_SUFFIX = r"-\d{8,}-\*$"
 
 METADATA_ADDRESSES = frozenset({"169.254.169.254", "fd00:ec2::254", "100.100.100.200", "169.254.170.2"})
 METADATA_DOMAINS = frozenset({"metadata.google.internal", "metadata", "instance-data.ec2.internal"})
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Private address space: RFC 1918, shared address space (RFC 6598, CGNAT), unique local IPv6.
+_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                         "100.64.0.0/10", "fc00::/7"))
 
 
 def stable_workload(namespace: pa.ChunkedArray | pa.Array, name_aggr: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
@@ -50,11 +52,13 @@ def address_kind(ip: str) -> str:
         return "cloud_metadata"
     if addr.is_link_local:
         return "link_local"
-    if addr.is_private or addr in _CGNAT or addr.is_loopback:
+    if any(addr in net for net in _PRIVATE_NETS) or addr.is_loopback:
         return "private"
-    if addr.is_global:
-        return "public"
-    return "unknown"
+    if addr.is_multicast or addr.is_unspecified:
+        return "unknown"
+    # Everything else is reachable outside the cluster's networks, documentation ranges included
+    # (they stand for public addresses in examples and test traffic).
+    return "public"
 
 
 def _map_unique(values: pa.ChunkedArray | pa.Array, fn, null_value: str) -> pa.Array:
