@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-flowctl
 
-.PHONY: demo test bench lint clean setup
+.PHONY: demo test bench soak lint clean setup
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/flowctl bench e2e --flows 2000000
+
+# Bounded soak of the long-running stack: prints one JSON stats line per 15 s and a summary
+# (memory and lag at the start and end).
+soak: $(STAMP)
+	$(BIN)/flowctl --state-dir .flowctl/soak --lake .flowctl/soak/lake up --no-view --duration 5m --rate 5000 \
+		--stats-every 15 --detect-interval "" --recommend-interval ""
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs tests

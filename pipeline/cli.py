@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from pipeline.config import ConfigError, Settings, load_settings
-from pipeline.timeparse import TimeParseError, parse_time
+from pipeline.timeparse import TimeParseError, parse_duration, parse_time
 
 app = typer.Typer(
     help="Kubernetes flow analytics for clusters that run GenAI workloads: "
@@ -279,6 +279,30 @@ from pipeline.query import commands as _query_commands  # noqa: E402
 
 app.command("query")(_query_commands.query)
 app.add_typer(_query_commands.lake_app, name="lake")
+@app.command()
+def up(
+    ctx: typer.Context,
+    source: str = typer.Option("synthetic", help="synthetic (real-time traffic of a synthetic cluster) or any `flowctl agent --source`."),
+    rate: float = typer.Option(2000.0, help="synthetic: mean flow records per second."),
+    seed: int = typer.Option(7, help="synthetic: random seed."),
+    detect_interval: str = typer.Option("5m", help="Run anomaly detection this often (empty: never)."),
+    recommend_interval: str = typer.Option("1h", help="Run policy recommendation this often (empty: never)."),
+    output: Path = typer.Option(Path("policies"), help="Where recommend writes its YAML and reports."),
+    duration: str | None = typer.Option(None, help="Stop after this long (e.g. 10m); default: until Ctrl-C."),
+    view: bool = typer.Option(True, help="Live terminal view; --no-view prints one JSON stats line per --stats-every."),
+    stats_every: float = typer.Option(10.0, help="--no-view: seconds between stats lines."),
+) -> None:
+    """Run broker, agent, worker, sink and periodic jobs on this machine until Ctrl-C, with a live view."""
+    from pipeline.up import Stack
+
+    if detect_interval:
+        parse_duration(detect_interval)
+    stack = Stack(_settings(ctx), source, rate, seed, detect_interval,
+                  parse_duration(recommend_interval) if recommend_interval else 0.0, output)
+    stack.start()
+    stack.run(parse_duration(duration) if duration else None, Console(), view, stats_every)
+
+
 # Verbs that live with their role's package register themselves here, one line each.
 from jobs.anomaly.cli import register as register_detect  # noqa: E402
 
