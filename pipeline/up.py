@@ -197,7 +197,9 @@ class Stack:
             self._worker_reader.close()
             self._sink_reader.close()
         if not live_view and len(self.history) >= 2:
-            print(orjson.dumps(soak_summary(self.history)).decode(), flush=True)
+            summary = soak_summary(self.history)
+            summary["published_total"] = self.agent.published if self.agent else None
+            print(orjson.dumps(summary).decode(), flush=True)
         return self.history
 
     def stop(self, console: Console) -> None:
