@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-VERBS = ["broker", "agent", "worker", "sink", "ingest", "sql", "demo", "bench"]
+VERBS = ["broker", "agent", "worker", "sink", "ingest", "sql", "demo", "bench", "up", "detect", "recommend", "query", "lake"]
 
 
 def flowctl(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
