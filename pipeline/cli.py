@@ -247,7 +247,7 @@ def sql(
 def demo(
     ctx: typer.Context,
     hours: float = typer.Option(1.0, help="Hours of synthetic traffic to generate."),
-    rate: float = typer.Option(150.0, help="Mean flow records per second of event time."),
+    rate: float = typer.Option(30.0, help="Mean flow records per second of event time."),
     seed: int = typer.Option(7, help="Random seed of the synthetic cluster."),
     keep: bool = typer.Option(False, help="Keep the previous demo lake instead of starting from an empty one."),
 ) -> None:

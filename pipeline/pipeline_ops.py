@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
@@ -103,61 +106,103 @@ def ingest_files(settings: Settings, files: list[Path], timeout: float = 600.0,
 
 
 DEMO_QUERIES = {
-    "Top egress talkers (bytes sent out of the cluster)": """
+    "Top egress talkers in the last hour (bytes sent out of the cluster)": """
         SELECT source_workload, source_genai_class AS class,
                round(sum(bytes_out) / 1e6, 1) AS mb_out, sum(num_flows) AS flows,
                count(DISTINCT destination) AS destinations
-        FROM flow_windows WHERE dest_kind <> 'in_cluster'
+        FROM flow_windows WHERE dest_kind <> 'in_cluster' AND window_start >= ?
         GROUP BY ALL ORDER BY mb_out DESC LIMIT 10""",
-    "GenAI workloads' external destinations": """
+    "GenAI workloads' external destinations in the last hour": """
         SELECT source_workload, source_genai_class AS class, destination, dest_category AS category,
                dest_port AS port, round(sum(bytes_out) / 1e6, 2) AS mb_out, sum(num_flows) AS flows
         FROM flow_windows
-        WHERE source_genai_class <> 'none' AND dest_kind <> 'in_cluster'
+        WHERE source_genai_class <> 'none' AND dest_kind <> 'in_cluster' AND window_start >= ?
         GROUP BY ALL ORDER BY mb_out DESC LIMIT 15""",
-    "Denied flows": """
-        SELECT source_workload, destination, dest_port AS port, sum(num_flows) AS flows
-        FROM flow_windows WHERE action = 'deny' GROUP BY ALL ORDER BY flows DESC LIMIT 5""",
 }
+ALERTS_QUERY = """
+    SELECT severity, detector, source_workload, reason
+    FROM alerts QUALIFY row_number() OVER (PARTITION BY id ORDER BY detected_at DESC) = 1
+    ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 ELSE 3 END, detector"""
+POLICY_QUERY = """
+    SELECT namespace, count(DISTINCT workload) AS workloads, count(*) AS rules,
+           sum(CASE WHEN direction = 'egress' THEN 1 ELSE 0 END) AS egress_rules
+    FROM policy_recommendations GROUP BY ALL ORDER BY namespace"""
 
 
-def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: bool, console: Console) -> None:
+def _flowctl(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.cli", "--lake", settings.lake, "--state-dir", settings.state_dir, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise StackError(f"flowctl {args[0]} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return result
+
+
+def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: bool, console: Console,
+             history_hours: float = 26.0) -> None:
+    """History, a live hour with incidents through the pipeline, detection, recommendation, and what to look at."""
+    from jobs.anomaly.scenarios import LakeBuilder
     from pipeline.agent.sources.synthetic import SyntheticCluster
 
     lake = Path(settings.lake)
     if lake.exists() and not keep:
         shutil.rmtree(lake)
+    for stale in ("anomaly", "policy"):
+        shutil.rmtree(Path(settings.state_dir) / stale, ignore_errors=True)
     end = int(time.time()) // 60 * 60
     start = end - int(hours * 3600)
+    history_start = start - int(history_hours * 3600)
     cluster = SyntheticCluster(seed=seed, cluster="demo")
     inventory = Path(settings.state_dir) / "demo-inventory.json"
     inventory.parent.mkdir(parents=True, exist_ok=True)
-    import orjson
-
     inventory.write_bytes(orjson.dumps(cluster.inventory(), option=orjson.OPT_INDENT_2))
     # The worker enriches from the inventory and the synthetic cluster's address ranges.
     settings = settings.with_overrides(inventory=str(inventory.resolve()), pod_cidrs="10.244.0.0/16",
                                        service_cidrs="10.96.0.0/12", node_cidrs="10.0.0.0/24")
     started = time.monotonic()
-    console.print(f"[bold]flowctl demo[/]: {hours:g}h of synthetic traffic from a {len(cluster.workloads)}-workload "
-                  f"cluster (~{rate:g} flow records/s, following the time of day) through the embedded broker")
+    console.print(f"[bold]flowctl demo[/]: a synthetic {len(cluster.workloads)}-workload cluster "
+                  f"(~{rate:g} flow records/s, following the time of day)")
+
+    console.print(f"[bold]1/4[/] {history_hours:g}h of normal history written straight into the lake "
+                  "(the baseline detection learns from) …")
+    builder = LakeBuilder(lake, "history")
+    history_flows = 0
+    for table in cluster.generate(history_start, start, rate=rate, batch_rows=200_000):
+        builder.add(table)
+        history_flows += table.num_rows
+    builder.close()
+    console.print(f"    {history_flows:,} flows of history")
+
+    console.print(f"[bold]2/4[/] the last {hours:g}h, with four incidents injected, through agent → embedded Kafka → "
+                  "Faust worker → Parquet sink …")
     with LocalStack(settings) as stack:
-        with Progress(TextColumn("{task.description}"), TextColumn("{task.completed:,} flows published"),
+        with Progress(TextColumn("    {task.description}"), TextColumn("{task.completed:,} flows published"),
                       TimeElapsedColumn(), console=console, transient=True) as progress:
-            task = progress.add_task("agent → Kafka → worker → lake", total=None)
-            agent = push(stack, (ConformResult(t) for t in cluster.generate(start, end, rate=rate)),
+            task = progress.add_task("streaming", total=None)
+            agent = push(stack, (ConformResult(t) for t in cluster.generate(start, end, rate=rate, anomalies=True)),
                          origin="synthetic", progress=progress, task=task)
-        in_lake, dlq, windows = account(stack, agent)
-    seconds = time.monotonic() - started
+        in_lake, dlq, _ = account(stack, agent)
     lost = agent.stats.published - in_lake - dlq
     if lost:
         raise StackError(f"{lost:,} of {agent.stats.published:,} flows reached neither the lake nor the DLQ")
-    console.print(f"{agent.stats.published:,} flows → {in_lake:,} rows in [bold]flows[/], {windows:,} rows in "
-                  f"[bold]flow_windows[/], {dlq:,} dead letters, in {seconds:.1f}s "
-                  f"({agent.stats.published / seconds:,.0f} flows/s end to end)")
+    console.print(f"    {agent.stats.published:,} flows → {in_lake:,} rows in [bold]flows[/], {dlq:,} dead letters")
+
+    console.print("[bold]3/4[/] anomaly detection over the last hour (flowctl detect) …")
+    alerts_file = Path(settings.state_dir) / "demo-alerts.jsonl"
+    _flowctl(settings, "detect", "--since", str(start), "--until", str(end), "--output", str(alerts_file))
+    console.print("[bold]4/4[/] policy recommendation from all of it, alerts excluded (flowctl recommend) …")
+    policies = Path(settings.state_dir) / "demo-policies"
+    shutil.rmtree(policies, ignore_errors=True)
+    _flowctl(settings, "recommend", "--since", str(history_start), "--until", str(end), "--output", str(policies))
+    seconds = time.monotonic() - started
+
     con = connect(settings.lake)
     for title, query in DEMO_QUERIES.items():
-        render(query_table(con, query), "table", out=console.file, title=title)
-    console.print(f"Lake: [bold]{lake.resolve()}[/]  (tables flows, flow_windows, dlq)")
+        render(query_table(con, query, [start]), "table", out=console.file, title=title)
+    render(query_table(con, ALERTS_QUERY), "table", out=console.file, title="Alerts (flowctl detect)")
+    render(query_table(con, POLICY_QUERY), "table", out=console.file, title="Recommended policies (flowctl recommend)")
+    console.print(f"Done in {seconds:.0f}s.")
+    console.print(f"Lake: [bold]{lake.resolve()}[/]  (tables flows, flow_windows, dlq, alerts, policy_recommendations)")
+    console.print(f"Alerts as JSON Lines: {alerts_file.resolve()}")
+    console.print(f"Policies, YAML and report: {policies.resolve()}")
     console.print(f"Inventory of the synthetic pods: {inventory.resolve()}")
-    console.print(f"Try: flowctl --lake {settings.lake} sql \"SELECT dest_kind, count(*) FROM flows GROUP BY ALL\"")
+    console.print(f"Try: flowctl --lake {settings.lake} query top-talkers --since 2h")
