@@ -84,8 +84,60 @@ def bench_detect(settings: Settings, flows: int, console: Console) -> list[tuple
     return run(flows)
 
 
+def bench_agent(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """The agent alone, into an embedded broker (no worker, so no backpressure): synthetic tables → Kafka,
+    and a Calico flows.log tailed, parsed, mapped and published with checkpointing."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from pipeline import topics
+    from pipeline.agent.agent import FlowAgent
+    from pipeline.agent.shipper import ship_file
+    from pipeline.agent.sources.calico import CalicoAdapter, to_calico_lines
+    from pipeline.agent.sources.synthetic import SyntheticCluster
+    from pipeline.agent.tail import Checkpoint, FileTailer
+    from pipeline.broker.embedded import EmbeddedBroker
+
+    end = 1_790_000_000
+    tables = list(SyntheticCluster(seed=11, cluster="bench").generate(end - int(flows / 2000), end, rate=2000))
+    total = sum(t.num_rows for t in tables)
+    calico_rows = min(total, 300_000)
+    lines = to_calico_lines(pa.concat_tables(tables).slice(0, calico_rows))
+    figures: list[tuple[str, str, float, str]] = []
+    with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as tmp, EmbeddedBroker() as broker:
+        broker.create_topics(topics.topic_specs(settings.partitions, 1))
+        run = settings.with_overrides(bootstrap_servers=broker.bootstrap_servers, broker_kind="embedded")
+        agent = FlowAgent(run, backpressure=False)
+        t0 = time.perf_counter()
+        for t in tables:
+            agent.publish(t)
+        agent.finish()
+        seconds = time.perf_counter() - t0
+        agent.close()
+        figures += [("agent", "synthetic_flows", float(total), "flows"),
+                    ("agent", "synthetic_throughput", total / seconds, "flows/s")]
+        log = Path(tmp) / "flows.log"
+        log.write_bytes(b"\n".join(lines) + b"\n")
+        agent = FlowAgent(run, backpressure=False)
+        tailer = FileTailer(log, Checkpoint(Path(tmp) / "checkpoint.json"))
+        t0 = time.perf_counter()
+        stats = ship_file(agent, tailer, CalicoAdapter(cluster="bench"), follow=False)
+        seconds = time.perf_counter() - t0
+        tailer.close()
+        agent.close()
+        if stats.published != len(lines):
+            raise RuntimeError(f"bench agent: {len(lines)} Calico lines, {stats.published} published")
+        figures += [("agent", "calico_lines", float(len(lines)), "lines"),
+                    ("agent", "calico_throughput", len(lines) / seconds, "lines/s"),
+                    ("agent", "calico_mb_per_s", log.stat().st_size / seconds / 1e6, "MB/s")]
+    return figures
+
+
 BENCHMARKS: dict[str, Callable[[Settings, int, Console], list[tuple[str, str, float, str]]]] = {
     "e2e": bench_e2e,
+    "agent": bench_agent,
     "detect": bench_detect,
     "recommend": bench_recommend,
     "sink": bench_sink,

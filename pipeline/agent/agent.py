@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Producer
 
 from pipeline import topics
-from pipeline.agent.publisher import BatchPublisher, PublishError, producer_config
+from pipeline.agent.publisher import BatchPublisher, DeliveryTracker, PublishError, producer_config
 from pipeline.config import Settings
 from pipeline.conform import Reject
 from pipeline.envelope import NDJSON, Envelope, encode_ndjson, new_batch_id
@@ -30,16 +30,24 @@ class AgentStats:
     batches: int = 0
 
 
+# A dead-letter message stays well below the producer's message.max.bytes.
+_DLQ_MESSAGE_BYTES = 1 << 20
+
+
 class FlowAgent:
     def __init__(self, settings: Settings, backpressure: bool | None = None) -> None:
         self.settings = settings
-        self.publisher = BatchPublisher(settings, backpressure=backpressure)
+        # One numbering for flows and dead letters: a source position is confirmed when both are.
+        self.tracker = DeliveryTracker()
+        self.publisher = BatchPublisher(settings, backpressure=backpressure, tracker=self.tracker)
         self._dlq = Producer(producer_config(settings))
         self.stats = AgentStats()
         self._dlq_failures: list[str] = []
 
-    def publish(self, table: pa.Table) -> None:
-        """Publish a conformed flowlog.v1 table; fills ``cluster`` where the source left it empty."""
+    def publish(self, table: pa.Table, batch_key: str | None = None) -> None:
+        """Publish a conformed flowlog.v1 table; fills ``cluster`` where the source left it empty.
+
+        ``batch_key`` (a source range) makes the batch ids deterministic; see BatchPublisher.publish."""
         if table.num_rows == 0:
             return
         if self.settings.cluster and "cluster" in table.column_names:
@@ -47,7 +55,7 @@ class FlowAgent:
             table = table.set_column(table.schema.get_field_index("cluster"), table.schema.field("cluster"),
                                      cluster)
         before = self.publisher.stats.batches
-        self.publisher.publish(table)
+        self.publisher.publish(table, batch_key=batch_key)
         self.stats.records += table.num_rows
         self.stats.published += table.num_rows
         self.stats.batches += self.publisher.stats.batches - before
@@ -64,18 +72,46 @@ class FlowAgent:
             "record": None if r.record is None else _json(r.record),
             "raw": _raw_text(r.raw) if r.record is None else None, "dlq_time": now,
         } for r in rejects]
-        env = Envelope("dlq_record", "1", NDJSON, len(records), self.settings.node, batch_id)
-        for start in range(0, len(records), 1000):
-            chunk = records[start:start + 1000]
-            self._dlq.produce(topics.DLQ, value=encode_ndjson(chunk), headers=env.headers(),
-                              on_delivery=self._on_dlq_delivery)
-            self._dlq.poll(0)
+        chunk: list[dict] = []
+        size = 0
+        for rec in records:
+            encoded = len(rec["raw"] or "") + len(rec["record"] or "") + 256
+            if chunk and size + encoded > _DLQ_MESSAGE_BYTES:
+                self._send_dead_letters(chunk, batch_id)
+                chunk, size = [], 0
+            chunk.append(rec)
+            size += encoded
+        if chunk:
+            self._send_dead_letters(chunk, batch_id)
         self.stats.records += len(rejects)
         self.stats.rejected += len(rejects)
 
-    def _on_dlq_delivery(self, err, msg) -> None:
-        if err is not None:
-            self._dlq_failures.append(str(err))
+    def _send_dead_letters(self, chunk: list[dict], batch_id: str) -> None:
+        env = Envelope("dlq_record", "1", NDJSON, len(chunk), self.settings.node, batch_id)
+        tracked = self.tracker.callback(self.tracker.issue())
+
+        def on_delivery(err, msg) -> None:
+            tracked(err, msg)
+            if err is not None:
+                self._dlq_failures.append(str(err))
+
+        value = encode_ndjson(chunk)
+        while True:
+            try:
+                self._dlq.produce(topics.DLQ, value=value, headers=env.headers(), on_delivery=on_delivery)
+                break
+            except BufferError:
+                self._dlq.poll(0.1)
+        self._dlq.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports; returns the ticket up to which Kafka confirmed everything."""
+        self.publisher.producer.poll(timeout)
+        self._dlq.poll(0)
+        if self._dlq_failures:
+            raise PublishError(f"Kafka rejected {len(self._dlq_failures)} dead-letter batches: {self._dlq_failures[0]}")
+        self.publisher._raise_failures()
+        return self.tracker.confirmed_through
 
     def finish(self, flush_windows: bool = False) -> None:
         """Wait for Kafka to confirm everything; optionally tell the worker to close all windows."""

@@ -8,14 +8,15 @@ need no repartition.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from pipeline import topics
 from pipeline.config import Settings
@@ -56,20 +57,62 @@ def partition_rows(table: pa.Table, partitions: int) -> np.ndarray:
     return per_key[encoded.indices.to_numpy(zero_copy_only=False)] if len(per_key) else np.zeros(0, np.int32)
 
 
+class DeliveryTracker:
+    """Numbers every produced message and knows up to which number Kafka confirmed them all.
+
+    Delivery reports arrive per partition, not in production order; a source position may
+    only be checkpointed once every message produced before it is confirmed, which is what
+    ``confirmed_through`` tells. A failed message stops the watermark for good.
+    """
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.confirmed_through = 0
+        self.failed = 0
+        self._done: set[int] = set()
+        self._first_failure: int | None = None
+
+    def issue(self) -> int:
+        self.issued += 1
+        return self.issued
+
+    def callback(self, ticket: int):
+        def on_delivery(err: KafkaError | None, msg: object) -> None:
+            if err is not None:
+                self.failed += 1
+                if self._first_failure is None or ticket < self._first_failure:
+                    self._first_failure = ticket
+                return
+            self._done.add(ticket)
+            while self.confirmed_through + 1 in self._done and (
+                    self._first_failure is None or self.confirmed_through + 1 < self._first_failure):
+                self.confirmed_through += 1
+                self._done.discard(self.confirmed_through)
+        return on_delivery
+
+
+def batch_ids(batch_key: str, partition: int, count: int) -> list[str]:
+    """Deterministic batch ids for the chunks of one source range: a replay after a crash reuses them,
+    so the worker drops what Kafka already had."""
+    return [hashlib.blake2b(f"{batch_key}|{partition}|{k}".encode(), digest_size=16).hexdigest() for k in range(count)]
+
+
 @dataclass
 class PublishStats:
     batches: int = 0
     records: int = 0
     bytes: int = 0
     backpressure_waits: float = 0.0
+    delivery_seconds: list[float] = field(default_factory=list)
 
 
 class BatchPublisher:
     """Sends flow batches with delivery confirmation; ``flush`` raises if any batch failed."""
 
     def __init__(self, settings: Settings, node: str = "", topic: str = topics.RAW,
-                 backpressure: bool | None = None) -> None:
+                 backpressure: bool | None = None, tracker: DeliveryTracker | None = None) -> None:
         self.settings = settings
+        self.tracker = tracker or DeliveryTracker()
         self.topic = topic
         self.node = node or settings.node
         self.producer = Producer(producer_config(settings))
@@ -93,23 +136,35 @@ class BatchPublisher:
     def partitions(self) -> int:
         return self._partitions
 
-    def _on_delivery(self, err: KafkaError | None, msg: object) -> None:
-        if err is not None:
-            self._failed.append(str(err))
+    def _delivery_callback(self):
+        tracked = self.tracker.callback(self.tracker.issue())
+        sent = time.monotonic()
+
+        def on_delivery(err: KafkaError | None, msg: object) -> None:
+            tracked(err, msg)
+            if err is not None:
+                self._failed.append(str(err))
+            elif len(self.stats.delivery_seconds) < 10_000:
+                self.stats.delivery_seconds.append(time.monotonic() - sent)
+        return on_delivery
 
     def _produce(self, partition: int, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        on_delivery = self._delivery_callback()
         while True:
             try:
                 self.producer.produce(self.topic, value=value, key=key, partition=partition,
-                                      headers=headers, on_delivery=self._on_delivery)
+                                      headers=headers, on_delivery=on_delivery)
                 break
             except BufferError:
                 # Local queue full: serve delivery reports until there is room, never drop.
                 self.producer.poll(0.1)
         self.producer.poll(0)
 
-    def publish(self, table: pa.Table) -> int:
-        """Publish a conformed flowlog table; returns the number of batches sent."""
+    def publish(self, table: pa.Table, batch_key: str | None = None) -> int:
+        """Publish a conformed flowlog table; returns the number of batches sent.
+
+        ``batch_key`` names the source range the table came from (file, byte range): the batch
+        ids are then derived from it, so republishing the same range yields the same ids."""
         if table.num_rows == 0:
             return 0
         parts = partition_rows(table, self._partitions)
@@ -123,11 +178,12 @@ class BatchPublisher:
         step = max(1, self.settings.batch_rows)
         for lo, hi in zip(starts, ends, strict=True):
             partition = int(sorted_parts[lo])
-            for s in range(lo, hi, step):
+            ids = batch_ids(batch_key, partition, len(range(lo, hi, step))) if batch_key else None
+            for k, s in enumerate(range(lo, hi, step)):
                 chunk = table.slice(s, min(step, hi - s))
                 keys = source_keys(chunk).unique()
                 key = keys[0].as_py().encode() if len(keys) == 1 else None
-                env = Envelope("flowlog", "1", ARROW, chunk.num_rows, self.node, new_batch_id())
+                env = Envelope("flowlog", "1", ARROW, chunk.num_rows, self.node, ids[k] if ids else new_batch_id())
                 self.batch_ids.append(env.batch_id)
                 value = encode_arrow(chunk)
                 self._wait_for_room()
@@ -166,7 +222,15 @@ class BatchPublisher:
         started = warned = time.monotonic()
         while True:
             self.producer.poll(0)
-            lag = self._guard.worst_lag_bytes(pending_messages=len(self.producer))
+            try:
+                lag = self._guard.worst_lag_bytes(pending_messages=len(self.producer))
+            except KafkaException as exc:
+                # Broker unreachable: the producer keeps its queue and retries; wait with it.
+                if time.monotonic() - warned > 30:
+                    warned = time.monotonic()
+                    log.warning("cannot read consumer lag of %s (%s); waiting", self.topic, exc)
+                self.producer.poll(0.5)
+                continue
             if lag <= self.settings.max_lag_bytes:
                 break
             if time.monotonic() - warned > 30:

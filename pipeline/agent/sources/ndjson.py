@@ -2,33 +2,55 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pipeline.conform import ConformResult, parse_ndjson
+import pyarrow as pa
+
+from pipeline.agent.sources.base import KEEP_OF_LONG_LINE, LineAdapter, Mapped, SourceBatch
+from pipeline.conform import ConformResult, Reject, parse_ndjson
+
+
+class NdjsonAdapter(LineAdapter):
+    """Canonical records need no mapping; they are validated by the shared conform step."""
+
+    name = "ndjson"
+
+    def map(self, raw: pa.Table, dialect: int) -> Mapped:  # pragma: no cover - parse is overridden
+        raise NotImplementedError
+
+    def parse(self, lines: Sequence[bytes], first_line: int = 1) -> SourceBatch:
+        kept: list[bytes] = []
+        numbers: list[int] = []
+        rejects: list[Reject] = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            if len(line) > self.max_line_bytes:
+                rejects.append(Reject(f"line of {len(line):,} bytes is longer than the limit of {self.max_line_bytes:,} "
+                                      f"(first {KEEP_OF_LONG_LINE:,} bytes kept)", row=first_line + i,
+                                      raw=bytes(line[:KEEP_OF_LONG_LINE])))
+                continue
+            kept.append(bytes(line))
+            numbers.append(i)
+        result = parse_ndjson(kept)
+        for r in result.rejects:
+            i = numbers[r.row] if r.row is not None else 0
+            rejects.append(Reject(r.reason, row=first_line + i, raw=bytes(lines[i])))
+        rejects.sort(key=lambda r: r.row or 0)
+        return SourceBatch(result.table, rejects, lines=sum(1 for line in lines if line.strip()))
 
 
 def read_ndjson(path: str | Path, batch_lines: int = 50_000) -> Iterator[tuple[int, ConformResult]]:
     """Yield (first line number, conformed batch) for a file; rejects carry line numbers (1-based) in ``row``."""
-    path = Path(path)
-    with path.open("rb") as fh:
+    adapter = NdjsonAdapter()
+    with Path(path).open("rb") as fh:
         lines: list[bytes] = []
-        numbers: list[int] = []
         first = 1
         for number, line in enumerate(fh, start=1):
-            if line.strip():
-                lines.append(line.rstrip(b"\r\n"))
-                numbers.append(number)
+            lines.append(line.rstrip(b"\r\n"))
             if len(lines) >= batch_lines:
-                yield first, _batch(lines, numbers)
-                first, lines, numbers = number + 1, [], []
+                yield first, adapter.parse(lines, first)
+                first, lines = number + 1, []
         if lines:
-            yield first, _batch(lines, numbers)
-
-
-def _batch(lines: list[bytes], numbers: list[int]) -> ConformResult:
-    result = parse_ndjson(lines)
-    for r in result.rejects:
-        if r.row is not None:
-            r.row = numbers[r.row]
-    return result
+            yield first, adapter.parse(lines, first)
