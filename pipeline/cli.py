@@ -141,7 +141,7 @@ def agent(
         raise CliError(f"unknown source {source!r}: use synthetic, calico:DIR, hubble:PATH, goldmane:PATH, "
                        "goldmane:http://HOST:PORT or ndjson:PATH")
     settings = _need_kafka(_settings(ctx))
-    flow_agent = FlowAgent(settings)
+    flow_agent = FlowAgent(settings, track_batches=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -67,7 +67,7 @@ class RealtimeSyntheticAgent(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        agent = FlowAgent(self.settings)
+        agent = FlowAgent(self.settings, track_batches=False)
         try:
             cursor = int(time.time())
             while not self.stop_event.is_set():

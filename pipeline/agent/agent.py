@@ -35,11 +35,12 @@ _DLQ_MESSAGE_BYTES = 1 << 20
 
 
 class FlowAgent:
-    def __init__(self, settings: Settings, backpressure: bool | None = None) -> None:
+    def __init__(self, settings: Settings, backpressure: bool | None = None, track_batches: bool = True) -> None:
         self.settings = settings
         # One numbering for flows and dead letters: a source position is confirmed when both are.
         self.tracker = DeliveryTracker()
-        self.publisher = BatchPublisher(settings, backpressure=backpressure, tracker=self.tracker)
+        self.publisher = BatchPublisher(settings, backpressure=backpressure, tracker=self.tracker,
+                                        track_batches=track_batches)
         self._dlq = Producer(producer_config(settings))
         self.stats = AgentStats()
         self._dlq_failures: list[str] = []

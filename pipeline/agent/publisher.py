@@ -110,7 +110,8 @@ class BatchPublisher:
     """Sends flow batches with delivery confirmation; ``flush`` raises if any batch failed."""
 
     def __init__(self, settings: Settings, node: str = "", topic: str = topics.RAW,
-                 backpressure: bool | None = None, tracker: DeliveryTracker | None = None) -> None:
+                 backpressure: bool | None = None, tracker: DeliveryTracker | None = None,
+                 track_batches: bool = True) -> None:
         self.settings = settings
         self.tracker = tracker or DeliveryTracker()
         self.topic = topic
@@ -123,6 +124,9 @@ class BatchPublisher:
         self._backpressure = settings.on_embedded_broker if backpressure is None else backpressure
         self._guard = LagGuard(settings, topic, settings.worker_group, settings.max_lag_bytes) \
             if self._backpressure else None
+        # Bounded runs (ingest, demo, tests) account for every batch by id; long-running agents must not
+        # keep an ever-growing list.
+        self.track_batches = track_batches
         self.batch_ids: list[str] = []
 
     def _partition_count(self) -> int:
@@ -184,7 +188,8 @@ class BatchPublisher:
                 keys = source_keys(chunk).unique()
                 key = keys[0].as_py().encode() if len(keys) == 1 else None
                 env = Envelope("flowlog", "1", ARROW, chunk.num_rows, self.node, ids[k] if ids else new_batch_id())
-                self.batch_ids.append(env.batch_id)
+                if self.track_batches:
+                    self.batch_ids.append(env.batch_id)
                 value = encode_arrow(chunk)
                 self._wait_for_room()
                 self._produce(partition, value, key, env.headers())
