@@ -265,7 +265,7 @@ def demo(
 @app.command()
 def bench(
     ctx: typer.Context,
-    name: str = typer.Argument("e2e", help="Benchmark: e2e (generator → committed Parquet)."),
+    name: str = typer.Argument("e2e", help="Benchmark: e2e, stream, agent, sink, query, detect or recommend."),
     flows: int = typer.Option(1_000_000, help="Flow records to push through."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per figure."),
 ) -> None:

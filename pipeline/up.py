@@ -101,6 +101,7 @@ class Stack:
         self.agent: RealtimeSyntheticAgent | None = None
         self.stop_event = threading.Event()
         self.history: list[Snapshot] = []
+        self.restarts: dict[str, int] = {}
 
     def start(self) -> None:
         self.local.start()
@@ -146,6 +147,23 @@ class Stack:
         self.history.append(snap)
         return snap
 
+    def _restart_dead_roles(self, console: Console) -> None:
+        """A role that exited (e.g. the worker after Kafka was unreachable) restarts from its committed position."""
+        for name, proc in list(self.local.procs.items()):
+            if proc.poll() is None:
+                continue
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if self.restarts[name] > 5:
+                raise RuntimeError(f"{name} exited {self.restarts[name]} times (last exit code {proc.returncode}); giving up")
+            console.print(f"[yellow]{name} exited with code {proc.returncode}; restarting it[/]")
+            del self.local.procs[name]
+            if name in ("worker", "sink"):
+                self.local.start_role(name)
+            elif name == "agent":
+                self._spawn("agent", ["agent", "--source", self.source])
+            elif name == "detect":
+                self._spawn("detect", ["detect", "--interval", self.detect_interval])
+
     def view(self, snap: Snapshot, started: float) -> Table:
         table = Table(title=f"flowctl up — {self.settings.bootstrap_servers} — lake {self.settings.lake} — "
                             f"{time.monotonic() - started:,.0f}s", header_style="bold")
@@ -175,7 +193,7 @@ class Stack:
                 live.start()
             last_stats = 0.0
             while not self.stop_event.wait(2.0):
-                self.local.check_alive()
+                self._restart_dead_roles(console)
                 if self.agent is not None and self.agent.error is not None:
                     raise RuntimeError(f"agent failed: {self.agent.error}")
                 snap = self.snapshot(reader)
