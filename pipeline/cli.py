@@ -101,9 +101,12 @@ def worker(ctx: typer.Context) -> None:
 @app.command()
 def sink(ctx: typer.Context) -> None:
     """Run the Parquet sink: enriched flows, windows and dead letters into the lake, exactly once."""
+    from pipeline import metrics
     from pipeline.sink.consumer import LakeSink
 
-    stats = LakeSink(_need_kafka(_settings(ctx))).run(install_signals=True)
+    settings = _need_kafka(_settings(ctx))
+    metrics.serve(settings.metrics_port)
+    stats = LakeSink(settings).run(install_signals=True)
     err.print(f"sink stopped: {stats.rows:,} rows in {stats.files:,} files, {stats.offset_gaps} offset gaps")
 
 
@@ -119,6 +122,8 @@ def agent(
     since: str = typer.Option("-1h", help="synthetic: start of the event time range (ISO 8601, epoch or -2h)."),
     until: str = typer.Option("now", help="synthetic: end of the event time range."),
     seed: int = typer.Option(7, help="synthetic: random seed."),
+    live: bool = typer.Option(False, help="synthetic: publish traffic for the current time, second by second, until stopped "
+                                          "(--since/--until are ignored)."),
 ) -> None:
     """Publish flows from a source to flows.raw.v1 as Arrow batch envelopes.
 
@@ -141,12 +146,23 @@ def agent(
         raise CliError(f"unknown source {source!r}: use synthetic, calico:DIR, hubble:PATH, goldmane:PATH, "
                        "goldmane:http://HOST:PORT or ndjson:PATH")
     settings = _need_kafka(_settings(ctx))
+    from pipeline import metrics
+
+    metrics.serve(settings.metrics_port)
     flow_agent = FlowAgent(settings, track_batches=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        if source == "synthetic":
+        if source == "synthetic" and live:
+            from pipeline.agent.live import publish_live
+            from pipeline.agent.sources.synthetic import SyntheticCluster
+
+            cluster = SyntheticCluster(seed=seed, cluster=settings.cluster if settings.cluster != "default" else "demo")
+            err.print(f"publishing live synthetic traffic (~{rate:g} flows/s); Ctrl-C stops")
+            published = publish_live(flow_agent, cluster, rate, stop)
+            err.print(f"published {published:,} flows")
+        elif source == "synthetic":
             for result in _source_batches(source, settings, rate, since, until, seed):
                 flow_agent.dead_letter(result.rejects, origin=source)
                 flow_agent.publish(result.table)
@@ -329,10 +345,9 @@ def run() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("flowctl: interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors (typer ships its own copy of click, so match the interface, not the class).
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise

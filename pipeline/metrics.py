@@ -24,3 +24,10 @@ def serve(port: int) -> None:
     if port:
         start_http_server(port)
         log.info("metrics on :%d/metrics", port)
+
+SINK_ROWS = Counter("flowctl_sink_rows", "Rows committed to the lake", ["table"])
+SINK_FILES = Counter("flowctl_sink_files", "Parquet files committed to the lake", ["table"])
+SINK_DUPLICATES = Counter("flowctl_sink_duplicate_batches", "Redelivered batches the sink dropped by batch-id")
+AGENT_PUBLISHED = Counter("flowctl_agent_records_published", "Flow records the agent published")
+AGENT_REJECTED = Counter("flowctl_agent_records_rejected", "Records the agent dead-lettered")
+AGENT_BATCHES = Counter("flowctl_agent_batches", "Batches the agent published")

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from pipeline import topics
 from pipeline.agent.agent import FlowAgent
+from pipeline.agent.live import publish_live
 from pipeline.config import Settings
 from pipeline.kafka import committed_offsets, end_offsets, group_reader
 from pipeline.runner import LocalStack, settings_env, write_broker_file
@@ -69,22 +70,14 @@ class RealtimeSyntheticAgent(threading.Thread):
     def run(self) -> None:
         agent = FlowAgent(self.settings, track_batches=False)
         try:
-            cursor = int(time.time())
-            while not self.stop_event.is_set():
-                now = int(time.time())
-                if now <= cursor:
-                    self.stop_event.wait(0.2)
-                    continue
-                for table in self.cluster.generate(cursor, now, rate=self.rate):
-                    agent.publish(table)
-                    self.published += table.num_rows
-                cursor = now
-                agent.publisher.producer.poll(0)
-            agent.finish()
+            publish_live(agent, self.cluster, self.rate, self.stop_event, on_publish=self._count)
         except BaseException as exc:  # reported by the supervisor loop
             self.error = exc
         finally:
             agent.close()
+
+    def _count(self, rows: int) -> None:
+        self.published += rows
 
 
 class Stack:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Producer
 
-from pipeline import topics
+from pipeline import metrics, topics
 from pipeline.agent.publisher import BatchPublisher, DeliveryTracker, PublishError, producer_config
 from pipeline.config import Settings
 from pipeline.conform import Reject
@@ -60,6 +60,8 @@ class FlowAgent:
         self.stats.records += table.num_rows
         self.stats.published += table.num_rows
         self.stats.batches += self.publisher.stats.batches - before
+        metrics.AGENT_PUBLISHED.inc(table.num_rows)
+        metrics.AGENT_BATCHES.inc(self.publisher.stats.batches - before)
 
     def dead_letter(self, rejects: list[Reject], origin: str) -> None:
         """Send records the source could not map to the DLQ topic."""
@@ -86,6 +88,7 @@ class FlowAgent:
             self._send_dead_letters(chunk, batch_id)
         self.stats.records += len(rejects)
         self.stats.rejected += len(rejects)
+        metrics.AGENT_REJECTED.inc(len(rejects))
 
     def _send_dead_letters(self, chunk: list[dict], batch_id: str) -> None:
         env = Envelope("dlq_record", "1", NDJSON, len(chunk), self.settings.node, batch_id)

@@ -130,6 +130,7 @@ class LakeSink:
         if topic in (topics.ENRICHED, topics.WINDOWED) and env.batch_id:
             if env.batch_id in self._seen_batches:
                 self.stats.duplicates += 1
+                metrics.SINK_DUPLICATES.inc()
                 return None
             self._seen_batches[env.batch_id] = None
             if len(self._seen_batches) > 200_000:
@@ -216,6 +217,8 @@ class LakeSink:
                                       buf.first, buf.last, table)
             self.stats.files += len(paths)
             self.stats.rows += table.num_rows
+            metrics.SINK_FILES.labels(topics.TABLE_OF_TOPIC[topic]).inc(len(paths))
+            metrics.SINK_ROWS.labels(topics.TABLE_OF_TOPIC[topic]).inc(table.num_rows)
         self.consumer.commit(offsets=[TopicPartition(topic, partition, buf.last + 1)], asynchronous=False)
         self.stats.flushes += 1
         self.buffers[key] = PartitionBuffer()

@@ -131,6 +131,7 @@ def create_app(settings: Settings) -> faust.App:
                                f"window:{source_id(settings)}:{partition}:{ws}:{rev}")
                 futures.append(await windowed.send(value=encode_arrow(table), partition=partition,
                                                    headers=env.headers()))
+                metrics.WINDOW_ROWS.labels("correction" if rev else "window").inc(table.num_rows)
         return futures
 
     async def wait_for_sink() -> None:
