@@ -287,14 +287,28 @@ def mutated_records(draw):
     return record
 
 
+def _has_huge_int(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return not -(2**63) <= value < 2**63
+    if isinstance(value, dict):
+        return any(_has_huge_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_huge_int(v) for v in value)
+    return False
+
+
 @settings(max_examples=300, deadline=None)
 @given(mutated_records())
 def test_conform_agrees_with_the_json_schema(record):
     """A record is accepted exactly when JSON Schema accepts it and it does not end before it starts."""
-    schema_ok = not list(VALIDATOR.iter_errors(record))
+    # Integers beyond 64 bits are valid JSON Schema integers, but no flow counter or time is that large:
+    # flowctl refuses them.
+    schema_ok = not list(VALIDATOR.iter_errors(record)) and not _has_huge_int(record)
     times_ok = not (isinstance(record.get("start_time"), int) and isinstance(record.get("end_time"), int)
                     and record["end_time"] < record["start_time"])
-    result = parse_ndjson([orjson.dumps(record)])
+    result = parse_ndjson([json.dumps(record).encode()])
     assert result.table.num_rows + len(result.rejects) == 1
     assert (result.table.num_rows == 1) == (schema_ok and times_ok), (result.rejects, record)
     if result.table.num_rows:

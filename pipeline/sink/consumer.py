@@ -38,6 +38,7 @@ class PartitionBuffer:
     rows: int = 0
     since: float = 0.0
     replay_until: int = -1  # after a restart: flush exactly at this offset to rewrite the same file names
+    replay_from: int = -1  # first offset of the replayed range
 
     def add(self, offset: int, table: pa.Table | None) -> None:
         if self.first < 0:
@@ -100,6 +101,7 @@ class LakeSink:
             if last is not None and done <= last.last:
                 tp.offset = last.first
                 buf.replay_until = last.last
+                buf.replay_from = last.first
                 log.info("%s[%d]: replaying offsets %d..%d from the lake's newest file", tp.topic, tp.partition,
                          last.first, last.last)
             elif done >= 0:
@@ -211,6 +213,13 @@ class LakeSink:
                 self.buffers[key] = PartitionBuffer(replay_until=buf.replay_until)
             return
         topic, partition = key
+        if buf.replay_until >= 0 and buf.first > buf.replay_from:
+            # The start of the range is no longer in Kafka (retention): a partial rewrite would name a file
+            # differently and double the rows of the one already there. Keep the lake's files as they are.
+            log.error("%s[%d]: cannot replay offsets %d..%d, Kafka no longer has %d..%d; keeping the lake's files "
+                      "of that range as they are (parts of it that were never renamed are lost)",
+                      topic, partition, buf.replay_from, buf.replay_until, buf.replay_from, buf.first - 1)
+            buf.tables.clear()
         if buf.tables:
             table = pa.concat_tables(buf.tables)
             paths = self.writer.write(topics.TABLE_OF_TOPIC[topic], self.file_topic(topic), partition,
