@@ -31,15 +31,27 @@ def json_schema(name: str) -> dict[str, Any]:
     return _flatten(doc)
 
 
-def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
-    if "allOf" not in doc:
+def _resolve(ref: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A local (``#/$defs/x``) or sibling-file (``other.json#/$defs/x``) reference."""
+    location, _, pointer = ref.partition("#")
+    target = doc if not location else json.loads((schema_dir() / location).read_text())
+    for part in [p for p in pointer.split("/") if p]:
+        target = target[part]
+    return _flatten(target, target if location else doc)
+
+
+def _flatten(doc: dict[str, Any], root: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``$ref`` and ``allOf`` parts into one flat ``properties``/``required``."""
+    root = root if root is not None else doc
+    parts = ([{"$ref": doc["$ref"]}] if "$ref" in doc else []) + list(doc.get("allOf", []))
+    if not parts:
         return doc
-    merged: dict[str, Any] = {k: v for k, v in doc.items() if k != "allOf"}
+    merged: dict[str, Any] = {k: v for k, v in doc.items() if k not in ("allOf", "$ref")}
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for part in doc["allOf"]:
+    for part in parts:
         if "$ref" in part:
-            part = json_schema(part["$ref"].removesuffix(".json"))
+            part = _resolve(part["$ref"], root)
         properties.update(part.get("properties", {}))
         required.extend(part.get("required", []))
     properties.update(doc.get("properties", {}))

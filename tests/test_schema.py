@@ -210,8 +210,6 @@ def test_jsonschema_rejects_what_conform_rejects_in_the_examples():
     assert len(parse_ndjson([orjson.dumps(record)]).rejects) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="flowlog.v1.json is closed (additionalProperties: false), so a document with "
-                                       "the enriched fields can never satisfy flow_enriched.v1's allOf $ref to it")
 def test_enriched_example_flows_validate_against_flow_enriched():
     from pipeline.stream.enrich import FlowEnricher
 
