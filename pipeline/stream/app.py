@@ -29,8 +29,8 @@ from pipeline.stream.state import WindowStateStore
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SECONDS = 1.0
-CHECKPOINT_MESSAGES = 100
+CHECKPOINT_SECONDS = 0.25
+CHECKPOINT_MESSAGES = 16
 
 
 def _faust_broker_settings(settings: Settings) -> dict:
@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=0.5,
+        broker_commit_interval=0.25,
         consumer_max_fetch_size=16 * 1024 * 1024,
         producer_max_request_size=16 * 1024 * 1024,
         producer_compression_type=None if settings.compression == "none" else settings.compression,
