@@ -31,7 +31,7 @@ class Settings:
     ssl_ca_location: str = ""
     partitions: int = 8
     replication_factor: int = 1
-    # Kafka-level compression. Arrow batch bodies are already LZ4-compressed inside the IPC
+    # Kafka-level compression. Arrow batch bodies are already zstd-compressed inside the IPC
     # stream, so "none" is right for them; lz4/zstd/snappy/gzip for other producers.
     compression: str = "none"
     # Where state shared by the verbs lives (embedded broker address, checkpoints).
@@ -62,7 +62,7 @@ class Settings:
     # Sink
     sink_group: str = "flowctl-sink"
     sink_flush_rows: int = 500_000
-    sink_flush_seconds: float = 2.0
+    sink_flush_seconds: float = 1.0
     log_level: str = "warning"
     # Port for Prometheus /metrics of long-running verbs (0: off).
     metrics_port: int = 0
