@@ -45,7 +45,7 @@ class Settings:
     node: str = ""
     # Agent
     batch_rows: int = 2000
-    max_lag_bytes: int = 3 * 1024 * 1024
+    max_lag_bytes: int = 5 * 1024 * 1024 // 2
     # Worker
     worker_group: str = "flowctl-worker"
     window_seconds: int = 60

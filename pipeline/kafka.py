@@ -118,7 +118,7 @@ class LagGuard:
     """
 
     def __init__(self, settings: Settings, topic: str, group: str, limit_bytes: int,
-                 check_bytes: int = 512 * 1024) -> None:
+                 check_bytes: int = 256 * 1024) -> None:
         self.topic = topic
         self.limit = limit_bytes
         # Check again once this much was produced: the limit can be overshot by at most this.

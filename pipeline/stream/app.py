@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 0.25
 CHECKPOINT_MESSAGES = 16
+# Outputs not confirmed in this time fail the checkpoint: nothing is acknowledged, and a restart replays.
+DELIVERY_TIMEOUT = 60.0
 
 
 def _faust_broker_settings(settings: Settings) -> dict:
@@ -140,7 +142,7 @@ def create_app(settings: Settings) -> faust.App:
         async with lock:
             # Deliveries still in flight are not in the end offsets yet: confirm them first.
             if inflight:
-                await asyncio.gather(*inflight)
+                await asyncio.wait_for(asyncio.gather(*inflight), DELIVERY_TIMEOUT)
                 inflight.clear()
         while guard.worst_lag_bytes() > settings.max_lag_bytes:
             await asyncio.sleep(0.1)
@@ -149,7 +151,7 @@ def create_app(settings: Settings) -> faust.App:
         """Snapshot the window state of partitions with held events, then acknowledge those events."""
         async with lock:
             if inflight:
-                await asyncio.gather(*inflight)
+                await asyncio.wait_for(asyncio.gather(*inflight), DELIVERY_TIMEOUT)
                 inflight.clear()
             if not held:
                 return
@@ -166,7 +168,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
-        await checkpoint()
+        try:
+            # Bounded: during shutdown the producer may already be gone. Without this checkpoint nothing
+            # more is acknowledged, and the next owner replays from the last one — safe, only slower.
+            await asyncio.wait_for(checkpoint(), 10.0)
+        except Exception as exc:  # noqa: BLE001 - revocation must complete (timeouts included)
+            log.warning("no checkpoint at partition revocation (%s); the next owner replays from the last one", exc)
         for tp in revoked:
             if tp.topic == topics.RAW:
                 processor.forget_partition(tp.partition)
