@@ -101,10 +101,16 @@ class LocalStack:
         self.procs[name] = proc
         return proc
 
-    def kill_role(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill_role(self, name: str, sig: int = signal.SIGKILL, grace: float = 30.0) -> None:
+        """Signal a role; one that has not exited ``grace`` seconds later is killed (as Kubernetes would)."""
         proc = self.procs.pop(name)
         proc.send_signal(sig)
-        proc.wait(60)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop within %.0fs of signal %d; killing it", name, grace, sig)
+            proc.kill()
+            proc.wait(30)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

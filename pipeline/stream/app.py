@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = 0.25
 CHECKPOINT_MESSAGES = 16
 # Outputs not confirmed in this time fail the checkpoint: nothing is acknowledged, and a restart replays.
-DELIVERY_TIMEOUT = 60.0
+DELIVERY_TIMEOUT = 20.0
 
 
 def _faust_broker_settings(settings: Settings) -> dict:
