@@ -41,6 +41,12 @@ KEEP_OF_LONG_LINE = 64 << 10
 _PER_LINE = 8
 
 
+def long_line_reject(line: bytes, limit: int, line_number: int) -> Reject:
+    """A line over the size limit: dead-lettered with its start, never parsed."""
+    return Reject(f"line of {len(line):,} bytes is longer than the limit of {limit:,} "
+                  f"(first {KEEP_OF_LONG_LINE:,} bytes kept)", row=line_number, raw=bytes(line[:KEEP_OF_LONG_LINE]))
+
+
 @dataclass
 class SourceBatch(ConformResult):
     """A conformed batch plus the accounting of the lines it came from."""
@@ -100,9 +106,7 @@ class LineAdapter(ABC):
             if not line.strip():
                 continue
             if len(line) > self.max_line_bytes:
-                rejects.append(Reject(f"line of {len(line):,} bytes is longer than the limit of {self.max_line_bytes:,} "
-                                      f"(first {KEEP_OF_LONG_LINE:,} bytes kept)", row=first_line + i,
-                                      raw=bytes(line[:KEEP_OF_LONG_LINE])))
+                rejects.append(long_line_reject(line, self.max_line_bytes, first_line + i))
                 continue
             try:
                 d = self.dialect(line)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.agent.sources.base import KEEP_OF_LONG_LINE, LineAdapter, Mapped, SourceBatch
+from pipeline.agent.sources.base import LineAdapter, Mapped, SourceBatch, long_line_reject
 from pipeline.conform import ConformResult, Reject, parse_ndjson
 
 
@@ -27,9 +27,7 @@ class NdjsonAdapter(LineAdapter):
             if not line.strip():
                 continue
             if len(line) > self.max_line_bytes:
-                rejects.append(Reject(f"line of {len(line):,} bytes is longer than the limit of {self.max_line_bytes:,} "
-                                      f"(first {KEEP_OF_LONG_LINE:,} bytes kept)", row=first_line + i,
-                                      raw=bytes(line[:KEEP_OF_LONG_LINE])))
+                rejects.append(long_line_reject(line, self.max_line_bytes, first_line + i))
                 continue
             kept.append(bytes(line))
             numbers.append(i)
