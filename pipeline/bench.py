@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import orjson
+import pyarrow as pa
 from rich.console import Console
 
 from pipeline.config import Settings
@@ -19,28 +20,30 @@ def _emit(figures: list[tuple[str, str, float, str]], as_json: bool, console: Co
             print(f"{benchmark:<10} {metric:<28} {value:>16,.1f} {unit}")
 
 
+def bench_workload(flows: int) -> list[pa.Table]:
+    """The fixed synthetic workload every benchmark runs: ~``flows`` records at 2,000 flows/s of event time."""
+    from pipeline.agent.sources.synthetic import SyntheticCluster
+
+    rate, end = 2000.0, 1_790_000_000
+    return list(SyntheticCluster(seed=11, cluster="bench").generate(end - int(flows / rate), end, rate=rate))
+
+
 def bench_e2e(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
     """Synthetic generator → agent → embedded broker → Faust worker → sink → committed Parquet."""
     import tempfile
     from pathlib import Path
 
-    from pipeline.agent.sources.synthetic import SyntheticCluster
     from pipeline.conform import ConformResult
     from pipeline.pipeline_ops import account, push
     from pipeline.runner import LocalStack
 
-    gen = SyntheticCluster(seed=11, cluster="bench")
-    rate = 2000.0
-    end = 1_790_000_000
-    start = end - int(flows / rate)
     t0 = time.perf_counter()
-    tables = list(gen.generate(start, end, rate=rate))
+    tables = bench_workload(flows)
     gen_seconds = time.perf_counter() - t0
     total = sum(t.num_rows for t in tables)
     with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as tmp:
         run = settings.with_overrides(lake=str(Path(tmp) / "lake"), state_dir=str(Path(tmp) / "state"))
         with LocalStack(run) as stack:
-            time.sleep(0)  # the clock starts when the roles are up
             t1 = time.perf_counter()
             agent = push(stack, (ConformResult(t) for t in tables), origin="bench")
             seconds = time.perf_counter() - t1
@@ -90,18 +93,14 @@ def bench_agent(settings: Settings, flows: int, console: Console) -> list[tuple[
     import tempfile
     from pathlib import Path
 
-    import pyarrow as pa
-
     from pipeline import topics
     from pipeline.agent.agent import FlowAgent
     from pipeline.agent.shipper import ship_file
     from pipeline.agent.sources.calico import CalicoAdapter, to_calico_lines
-    from pipeline.agent.sources.synthetic import SyntheticCluster
     from pipeline.agent.tail import Checkpoint, FileTailer
     from pipeline.broker.embedded import EmbeddedBroker
 
-    end = 1_790_000_000
-    tables = list(SyntheticCluster(seed=11, cluster="bench").generate(end - int(flows / 2000), end, rate=2000))
+    tables = bench_workload(flows)
     total = sum(t.num_rows for t in tables)
     calico_rows = min(total, 300_000)
     lines = to_calico_lines(pa.concat_tables(tables).slice(0, calico_rows))
@@ -135,6 +134,13 @@ def bench_agent(settings: Settings, flows: int, console: Console) -> list[tuple[
     return figures
 
 
+def bench_stream(settings: Settings, flows: int, console: Console) -> list[tuple[str, str, float, str]]:
+    """Worker hot path, one worker on the embedded broker, a naive per-event baseline, open-window memory."""
+    from pipeline.stream import bench
+
+    return bench.bench_stream(settings, flows, console)
+
+
 BENCHMARKS: dict[str, Callable[[Settings, int, Console], list[tuple[str, str, float, str]]]] = {
     "e2e": bench_e2e,
     "agent": bench_agent,
@@ -142,8 +148,7 @@ BENCHMARKS: dict[str, Callable[[Settings, int, Console], list[tuple[str, str, fl
     "recommend": bench_recommend,
     "sink": bench_sink,
     "query": bench_query,
-    "stream": lambda settings, flows, console: __import__("pipeline.stream.bench", fromlist=["bench_stream"]).bench_stream(
-        settings, flows, console),
+    "stream": bench_stream,
 }
 
 

@@ -18,13 +18,10 @@ Figure = tuple[str, str, float, str]
 
 
 def _messages(flows: int, batch_rows: int) -> tuple[list[bytes], int]:
-    from pipeline.agent.sources.synthetic import SyntheticCluster
+    from pipeline.bench import bench_workload
     from pipeline.envelope import encode_arrow
 
-    rate = 2000.0
-    end = 1_790_000_000
-    tables = list(SyntheticCluster(seed=11, cluster="bench").generate(end - int(flows / rate), end, rate=rate))
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(bench_workload(flows))
     return [encode_arrow(table.slice(i, batch_rows)) for i in range(0, table.num_rows, batch_rows)], table.num_rows
 
 
@@ -88,13 +85,11 @@ def worker_on_broker(settings: Settings, flows: int) -> list[Figure]:
     """
     from pipeline import topics
     from pipeline.agent.agent import FlowAgent
-    from pipeline.agent.sources.synthetic import SyntheticCluster
+    from pipeline.bench import bench_workload
     from pipeline.kafka import committed_offsets, end_offsets, group_reader
     from pipeline.runner import LocalStack
 
-    rate = 2000.0
-    end = 1_790_000_000
-    tables = list(SyntheticCluster(seed=11, cluster="bench").generate(end - int(flows / rate), end, rate=rate))
+    tables = bench_workload(flows)
     total = sum(t.num_rows for t in tables)
     with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as tmp:
         run = settings.with_overrides(lake=str(Path(tmp) / "lake"), state_dir=str(Path(tmp) / "state"),
