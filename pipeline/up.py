@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +94,8 @@ class Stack:
         self.local = LocalStack(settings)
         self.agent: RealtimeSyntheticAgent | None = None
         self.stop_event = threading.Event()
-        self.history: list[Snapshot] = []
+        # Bounded: a long-running `up` must not grow; ~3 hours of 2 s snapshots.
+        self.history: deque[Snapshot] = deque(maxlen=5000)
         self.restarts: dict[str, int] = {}
 
     def start(self) -> None:
@@ -208,10 +210,10 @@ class Stack:
             self._worker_reader.close()
             self._sink_reader.close()
         if not live_view and len(self.history) >= 2:
-            summary = soak_summary(self.history)
+            summary = soak_summary(list(self.history))
             summary["published_total"] = self.agent.published if self.agent else None
             print(orjson.dumps(summary).decode(), flush=True)
-        return self.history
+        return list(self.history)
 
     def stop(self, console: Console) -> None:
         """Agent first; then wait until worker and sink committed everything; then stop the rest."""
