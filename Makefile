@@ -24,10 +24,11 @@ bench: $(STAMP)
 	$(BIN)/flowctl bench e2e --flows 2000000
 
 # Bounded soak of the long-running stack: prints one JSON stats line per 15 s and a summary
-# (memory and lag at the start and end).
+# (memory and lag at the start and end). SOAK_DURATION=30m for a longer run.
+SOAK_DURATION ?= 5m
 soak: $(STAMP)
-	$(BIN)/flowctl --state-dir .flowctl/soak --lake .flowctl/soak/lake up --no-view --duration 5m --rate 5000 \
-		--stats-every 15 --detect-interval "" --recommend-interval ""
+	$(BIN)/flowctl --state-dir .flowctl/soak --lake .flowctl/soak/lake up --no-view --duration $(SOAK_DURATION) \
+		--rate 5000 --stats-every 15 --detect-interval "" --recommend-interval ""
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline jobs tests

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -14,6 +13,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.logs import configure_logging, mask_secrets
 from pipeline.timeparse import TimeParseError, parse_duration, parse_time
 
 app = typer.Typer(
@@ -44,12 +44,13 @@ def main(
     cluster: str | None = typer.Option(None, help="Cluster name the agent stamps on flows. Env: FLOWCTL_CLUSTER."),
     state_dir: str | None = typer.Option(None, help="Directory for local state (embedded broker address, checkpoints). Env: FLOWCTL_STATE_DIR."),
     log_level: str | None = typer.Option(None, help="debug, info, warning or error. Env: FLOWCTL_LOG_LEVEL."),
+    log_format: str | None = typer.Option(None, help="text, or json for one JSON object per line. Env: FLOWCTL_LOG_FORMAT."),
 ) -> None:
     settings = load_settings(config)
     settings = settings.with_overrides(bootstrap_servers=bootstrap_servers, lake=lake, partitions=partitions,
-                                       cluster=cluster, state_dir=state_dir, log_level=log_level)
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                                       cluster=cluster, state_dir=state_dir, log_level=log_level,
+                                       log_format=log_format)
+    configure_logging(settings, role=ctx.invoked_subcommand or "")
     ctx.obj = settings
 
 
@@ -129,6 +130,8 @@ def agent(
 
     File sources are tailed like a log shipper: the byte position per file is checkpointed once
     Kafka confirmed the records before it, so a restarted agent resumes without loss or duplicates.
+    Batches Kafka does not confirm within agent_spool_after_seconds wait in an on-disk spool
+    (AGENT_SPOOL_DIR, else STATE_DIR/spool) and are replayed in order when Kafka is back.
     """
     from pipeline.agent.agent import FlowAgent
 
@@ -149,8 +152,9 @@ def agent(
     from pipeline import metrics
 
     metrics.serve(settings.metrics_port)
-    flow_agent = FlowAgent(settings, track_batches=False)
+    flow_agent = FlowAgent(settings, track_batches=False, spool_dir=_spool_dir(settings, source, live))
     stop = threading.Event()
+    flow_agent.outbox.give_up = stop  # a stopping agent leaves its spool for the next run
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
@@ -164,6 +168,9 @@ def agent(
             err.print(f"published {published:,} flows")
         elif source == "synthetic":
             for result in _source_batches(source, settings, rate, since, until, seed):
+                if stop.is_set():
+                    err.print("stopping: the rest of the time range is not published")
+                    break
                 flow_agent.dead_letter(result.rejects, origin=source)
                 flow_agent.publish(result.table)
             flow_agent.finish()
@@ -198,6 +205,20 @@ def agent(
 def _source_path(kind: str, target: str) -> Path:
     path = Path(target)
     return path / "flows.log" if kind == "calico" and path.is_dir() else path
+
+
+def _spool_dir(settings: Settings, source: str, live: bool) -> Path | None:
+    """One spool per source (a bounded synthetic run has none): AGENT_SPOOL_DIR (else STATE_DIR/spool)/<source>."""
+    kind, _, target = source.partition(":")
+    if source == "synthetic" and not live:
+        return None
+    if source == "synthetic":
+        name = "synthetic-live"
+    elif target.startswith("http://"):
+        name = f"{kind}-http-{target.rsplit(':', 1)[-1].strip('/')}"
+    else:
+        name = f"{kind}-{_slug(_source_path(kind, target))}"
+    return Path(settings.agent_spool_dir or Path(settings.state_dir) / "spool") / name
 
 
 def _slug(path: Path) -> str:
@@ -257,6 +278,17 @@ def sql(
     from pipeline.query.commands import run_sql
 
     run_sql(_settings(ctx), query, fmt, output)
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective settings (defaults < flowctl.toml < FLOWCTL_* < flags) as TOML; secrets are masked.
+
+    Every setting, its environment variable and its default: docs/configuration.md.
+    """
+    from pipeline.config import render_settings
+
+    print(render_settings(_settings(ctx)), end="")
 
 
 @app.command()
@@ -339,7 +371,7 @@ def run() -> None:
         app(standalone_mode=False)
     except (CliError, ConfigError, TimeParseError, PublishError, StackError, LakeWriteError, TimeoutError,
             duckdb.Error, KafkaException, OSError, ValueError) as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        lines = mask_secrets(str(exc)).strip().splitlines() or [type(exc).__name__]
         err.print(f"flowctl: error: {lines[0]}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):

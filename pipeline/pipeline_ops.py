@@ -188,6 +188,8 @@ def run_demo(settings: Settings, hours: float, rate: float, seed: int, keep: boo
 
     console.print("[bold]3/4[/] anomaly detection over the last hour (flowctl detect) …")
     alerts_file = Path(settings.state_dir) / "demo-alerts.jsonl"
+    if not keep:
+        alerts_file.unlink(missing_ok=True)  # the file keeps every alert id it has seen: start with this run's
     _flowctl(settings, "detect", "--since", str(start), "--until", str(end), "--output", str(alerts_file))
     console.print("[bold]4/4[/] policy recommendation from all of it, alerts excluded (flowctl recommend) …")
     policies = Path(settings.state_dir) / "demo-policies"

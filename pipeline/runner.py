@@ -36,8 +36,24 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        if isinstance(value, (str, int, float)):
+        if isinstance(value, bool):
+            env[ENV_PREFIX + f.name.upper()] = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
             env[ENV_PREFIX + f.name.upper()] = str(value)
+    for key, value in settings.kafka_extra.items():
+        env[f"{ENV_PREFIX}KAFKA_EXTRA_{key.replace('.', '_').upper()}"] = str(value)
+    return env
+
+
+# One machine, several roles: each serves /metrics on metrics_port + its offset (the parent keeps metrics_port).
+METRICS_PORT_OFFSETS = {"worker": 1, "sink": 2, "agent": 3, "detect": 4}
+
+
+def role_env(settings: Settings, role: str) -> dict[str, str]:
+    """The environment of a child process running ``role`` with ``settings``."""
+    env = {**os.environ, **settings_env(settings)}
+    if settings.metrics_port:
+        env[ENV_PREFIX + "METRICS_PORT"] = str(settings.metrics_port + METRICS_PORT_OFFSETS.get(role, 0))
     return env
 
 
@@ -95,9 +111,8 @@ class LocalStack:
         return self
 
     def start_role(self, name: str) -> subprocess.Popen:
-        env = {**os.environ, **settings_env(self.settings)}
         cmd = [sys.executable, "-m", "pipeline.cli", name]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=role_env(self.settings, name), stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc
 

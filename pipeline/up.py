@@ -25,12 +25,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pipeline import topics
+from pipeline import metrics, topics
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.live import publish_live
 from pipeline.config import Settings
 from pipeline.kafka import committed_offsets, end_offsets, group_reader
-from pipeline.runner import LocalStack, settings_env, write_broker_file
+from pipeline.runner import LocalStack, role_env, write_broker_file
 
 
 @dataclass
@@ -99,6 +99,7 @@ class Stack:
         self.restarts: dict[str, int] = {}
 
     def start(self) -> None:
+        metrics.serve(self.settings.metrics_port)  # the in-process agent's counters; roles use the next ports
         self.local.start()
         self.settings = self.local.settings
         write_broker_file(self.settings, self.settings.bootstrap_servers)
@@ -113,12 +114,11 @@ class Stack:
             threading.Thread(target=self._recommend_loop, name="recommend", daemon=True).start()
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        env = {**os.environ, **settings_env(self.settings)}
-        self.local.procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env,
-                                                  stdin=subprocess.DEVNULL)
+        self.local.procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args],
+                                                  env=role_env(self.settings, name), stdin=subprocess.DEVNULL)
 
     def _recommend_loop(self) -> None:
-        env = {**os.environ, **settings_env(self.settings)}
+        env = role_env(self.settings, "recommend")
         while not self.stop_event.wait(self.recommend_interval):
             subprocess.run([sys.executable, "-m", "pipeline.cli", "recommend", "--since", f"-{int(self.recommend_interval)}s",
                             "--until", "now", "--output", str(self.output)], env=env, stdin=subprocess.DEVNULL,

@@ -42,8 +42,15 @@ def test_ingest_of_missing_file_fails_with_one_line(tmp_path: Path) -> None:
 
 
 def test_sql_error_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "lake").mkdir()
     _one_line_error(flowctl("--lake", str(tmp_path / "lake"), "sql", "SELECT * FROM no_such_table", cwd=tmp_path),
                     "no_such_table")
+
+
+def test_sql_on_a_missing_lake_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    _one_line_error(flowctl("--lake", str(tmp_path / "typo"), "sql", "SELECT count(*) FROM flows", cwd=tmp_path),
+                    "no lake at")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_sql_unknown_format(tmp_path: Path) -> None:
@@ -66,6 +73,7 @@ def test_bad_relative_time(tmp_path: Path) -> None:
 
 def test_sql_formats_on_an_empty_lake(tmp_path: Path) -> None:
     """Views exist before any data lands, so analysts' queries bind on a fresh lake."""
+    (tmp_path / "lake").mkdir()
     out = flowctl("--lake", str(tmp_path / "lake"), "sql", "SELECT count(*) AS n FROM flows", "-f", "json",
                   cwd=tmp_path)
     assert out.returncode == 0, out.stderr

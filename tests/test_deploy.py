@@ -117,6 +117,16 @@ def verb_serves_metrics(verb: str) -> bool:
     return any("metrics.serve(" in s for s in sources)
 
 
+# Verbs that serve /metrics only when they keep running: `detect` once, as a CronJob, does not.
+METRICS_ONLY_WITH = {"detect": "--interval"}
+
+
+def invocation_serves_metrics(words: list[str]) -> bool:
+    verb = check_invocation(words)
+    needed = METRICS_ONLY_WITH.get(verb)
+    return verb_serves_metrics(verb) and (needed is None or any(w.split("=")[0] == needed for w in words))
+
+
 def check_settings_env(names: set[str], where: str) -> None:
     for name in names:
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX + "CONFIG":
@@ -139,6 +149,8 @@ def test_only_the_worker_serves_metrics_today() -> None:
     # Guards the static check itself: the worker's verb must be recognised as serving /metrics.
     assert verb_serves_metrics("worker")
     assert not verb_serves_metrics("recommend")
+    assert invocation_serves_metrics(["detect", "--interval", "5m"])
+    assert not invocation_serves_metrics(["detect", "--since", "-1h"])
 
 
 # ---- Dockerfile ---------------------------------------------------------------------------------
@@ -397,8 +409,9 @@ def _python_check(service: dict) -> str | None:
 
 def test_metrics_health_checks_only_on_verbs_that_serve_metrics() -> None:
     for name, service in flowctl_services(compose()).items():
-        verbs = {check_invocation(w) for w in flowctl_invocations(service.get("entrypoint"), service.get("command"))}
-        serves = any(verb_serves_metrics(v) for v in verbs)
+        invocations = flowctl_invocations(service.get("entrypoint"), service.get("command"))
+        verbs = {check_invocation(w) for w in invocations}
+        serves = any(invocation_serves_metrics(w) for w in invocations)
         probes_metrics = "/metrics" in (_python_check(service) or "")
         assert serves == probes_metrics, f"{name} ({', '.join(verbs)}): serves /metrics {serves}, health check probes it {probes_metrics}"
 
@@ -627,8 +640,8 @@ def test_rbac_is_least_privilege_for_the_inventory_watch() -> None:
 def test_scrape_annotations_exactly_where_metrics_are_served() -> None:
     port = configmap_data()["FLOWCTL_METRICS_PORT"]
     for obj, template in pod_specs():
-        verbs = {check_invocation(w) for c in template["spec"]["containers"] for w in flowctl_invocations(c.get("command"), c.get("args"))}
-        serves = any(verb_serves_metrics(v) for v in verbs)
+        invocations = [w for c in template["spec"]["containers"] for w in flowctl_invocations(c.get("command"), c.get("args"))]
+        serves = any(invocation_serves_metrics(w) for w in invocations)
         annotations = template["metadata"].get("annotations", {})
         assert (annotations.get("prometheus.io/scrape") == "true") == serves, obj["metadata"]["name"]
         if serves:

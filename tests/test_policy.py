@@ -22,8 +22,15 @@ def test_label_and_name_validation() -> None:
     assert not is_label_key("bad key") and not is_label_key("UPPER.example/x") and not is_label_key("a/" + "x" * 64)
     assert is_label_value("") and is_label_value("v1.2_3-x")
     assert not is_label_value("a'b") and not is_label_value("x\ny") and not is_label_value("-a") and not is_label_value("x" * 64)
-    assert is_domain("api.openai.com") and is_domain("*.example.com")
+    # a trailing newline must not slip through a '$' anchor
+    assert not is_label_value("web\n") and not is_label_key("app\n") and not is_label_key("x.io\n/app")
+    assert is_domain("api.openai.com") and is_domain("*.example.com", wildcard=True)
+    assert not is_domain("*.example.com")  # a name seen in traffic is never a wildcard
     assert not is_domain("evil.com\nkind: Secret") and not is_domain("localhost") and not is_domain("a b.com")
+    assert not is_domain("api.openai.com\n") and not is_domain("API.openai.com") and not is_domain("a..com")
+    # Calico and AdminNetworkPolicy take '*.' only as the first label here
+    assert not is_domain("www.*.com", wildcard=True) and not is_domain("*.*.com", wildcard=True) and not is_domain("*", wildcard=True)
+    assert not is_domain("x" * 64 + ".com") and not is_domain(("a" * 60 + ".") * 5 + "com")
 
 
 def test_stable_labels_drop_volatile_and_invalid() -> None:
@@ -117,6 +124,11 @@ def test_rendered_objects_validate_and_use_one_peer_for_other_namespaces() -> No
     (lambda o: o["spec"]["egress"][2]["to"][0]["ipBlock"].update({"except": ["10.0.0.0/8"]}), "outside"),
     (lambda o: o["spec"]["egress"][2]["ports"][0].update(endPort=1), "endPort"),
     (lambda o: o["metadata"].update(name="Bad_Name"), "Bad_Name"),
+    # deep in the definitions the schema refers to (inlined once for speed): still strict
+    (lambda o: o["spec"]["podSelector"]["matchLabels"].update(app=1), "not of type"),
+    (lambda o: o["spec"]["podSelector"].update(matchExpressions=[{"key": "app"}]), "operator"),
+    (lambda o: o["metadata"].update(bogus=1), "bogus"),
+    (lambda o: o["spec"]["ingress"][0]["from"][0]["podSelector"].update(extra={}), "extra"),
 ])
 def test_kubernetes_validation_rejects_broken_objects(mutate, message) -> None:
     obj = render.network_policy(_sample().policies[0], _sample())

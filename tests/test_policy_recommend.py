@@ -115,6 +115,9 @@ def test_recommend_cli_writes_valid_outputs_and_tracks_stability(lake, tmp_path:
     (["--since", str(T0), "--until", str(T0 + 60), "--exclude", "/nonexistent/alerts.jsonl"], "no such alerts file"),
     (["--since", str(T0), "--until", str(T0 + 60), "--merge-min-addresses", "1"], "merge_min_addresses"),
     (["--since", str(T0), "--until", str(T0 + 60), "--approved-domain", "bad domain"], "approved domain"),
+    (["--since", str(T0), "--until", str(T0 + 60), "--approved-domain", "api.openai.com\nkind: Secret"], "approved domain"),
+    (["--since", str(T0), "--until", str(T0 + 60), "--tier", "Bad_Tier"], "tier 'Bad_Tier' is not a valid Kubernetes object name"),
+    (["--since", str(T0), "--until", str(T0 + 60), "--domain-mode", "dns"], "domain_mode must be one of inline, networkset, nets"),
 ])
 def test_recommend_cli_bad_input_is_one_line(lake, tmp_path: Path, args, message) -> None:
     root, _ = lake

@@ -83,3 +83,12 @@ def test_an_over_long_line_is_cut_and_skipped(tmp_path: Path) -> None:
     t = FileTailer(log, Checkpoint(tmp_path / "ck.json"), chunk_bytes=1, max_line_bytes=1000)
     lines = _lines(t)
     assert len(lines[0]) == 1001 and lines[1:] == [b"ok"]
+
+
+def test_crlf_lines_lose_their_carriage_return(tmp_path: Path) -> None:
+    log = tmp_path / "flows.log"
+    log.write_bytes(b"a\r\nb\r\n")
+    assert _lines(FileTailer(log, Checkpoint(tmp_path / "ck.json"))) == [b"a", b"b"]
+    plain = tmp_path / "plain.log"
+    plain.write_bytes(b"c\nd\n")
+    assert _lines(FileTailer(plain, Checkpoint(tmp_path / "ck2.json"))) == [b"c", b"d"]

@@ -10,7 +10,7 @@ in the lake's ``alerts`` table) keeps its id and is written again with a later e
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import pyarrow as pa
@@ -36,6 +36,14 @@ class Previous:
     end_time: int
     severity: str
     buckets: int
+    headline: dict = field(default_factory=dict)  # detector, score, reason, dest_port, mitre_technique, next_step
+
+    HEADLINE = ("detector", "score", "reason", "dest_port", "mitre_technique", "next_step")
+
+    @classmethod
+    def of(cls, alert: dict) -> Previous:
+        return cls(alert["id"], alert["start_time"], alert["end_time"], alert["severity"], alert["buckets"],
+                   {k: alert.get(k) for k in cls.HEADLINE})
 
 
 def explained_buckets(findings: list[Finding]) -> dict[str, set[int]]:
@@ -99,11 +107,15 @@ def _render(key, incident, *, bucket, merge_gap, until, classes, history, min_hi
     prev = previous.get(key)
     severity = lead.severity
     count = len(buckets)
+    headline = {"detector": lead.detector, "score": round(float(lead.score), 4), "reason": lead.reason,
+                "dest_port": lead.dest_port, "mitre_technique": lead.mitre, "next_step": lead.next_step}
     if prev is not None and prev.end_time >= start - merge_gap:
         start = min(start, prev.start_time)
         count += prev.buckets
         if severity_rank(prev.severity) > severity_rank(severity):
+            # an incident keeps the headline of its worst moment (this period's baseline may have learned some of it)
             severity = prev.severity
+            headline = {**headline, **{k: v for k, v in prev.headline.items() if k in headline and k != "score"}}
     ns, name = workload_name(workload)
     destinations = []
     for f in sorted(findings, key=lambda f: -f.score):
@@ -113,17 +125,19 @@ def _render(key, incident, *, bucket, merge_gap, until, classes, history, min_hi
     if n_hist < min_history:
         context = (f"too little history: {n_hist} baseline buckets (minimum {min_history}); volume and multivariate "
                    "detectors did not judge this workload, and every destination counts as new")
-    detected = [f.detected_bucket for f in findings if f.detected_bucket is not None]
+    detected = [(f.detected_bucket, PRECEDENCE.index(f.detector), f.detector) for f in findings
+                if f.detected_bucket is not None]
     evidence = {
         "incident_key": {"family": family, "workload": workload, "destination": dest_key},
         "detectors": {f.detector: f.evidence for f in findings},
-        "first_detection_bucket_end": (min(detected) + bucket) if detected else end,
+        "first_detection_bucket_end": (min(detected)[0] + bucket) if detected else end,
+        "first_detected_by": min(detected)[2] if detected else lead.detector,
     }
     return {
         "id": alert_id(family, workload, dest_key, start),
-        "detector": lead.detector,
+        "detector": headline["detector"],
         "severity": severity,
-        "score": round(float(lead.score), 4),
+        "score": headline["score"],
         "cluster": cluster.get(workload, ""),
         "source_namespace": ns,
         "source_name_aggr": name,
@@ -133,11 +147,11 @@ def _render(key, incident, *, bucket, merge_gap, until, classes, history, min_hi
         "end_time": int(end),
         "detected_at": int(until),
         "destinations": destinations[:MAX_DESTINATIONS],
-        "dest_port": lead.dest_port,
-        "reason": lead.reason,
+        "dest_port": headline["dest_port"],
+        "reason": headline["reason"],
         "evidence": orjson.dumps(evidence, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode(),
-        "mitre_technique": lead.mitre,
-        "next_step": lead.next_step,
+        "mitre_technique": headline["mitre_technique"],
+        "next_step": headline["next_step"],
         "buckets": int(count),
         "history_buckets": n_hist,
         "context": context,

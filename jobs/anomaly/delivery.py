@@ -34,8 +34,9 @@ class AlertSink:
     def send(self, alerts: list[dict], since: int, until: int) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Finish pending deliveries."""
+    def close(self) -> int:
+        """Finish pending deliveries; returns how many alerts this sink gave up on since it was opened."""
+        return 0
 
 
 class LakeAlertSink(AlertSink):
@@ -62,21 +63,40 @@ class LakeAlertSink(AlertSink):
 
 
 class JsonlAlertSink(AlertSink):
-    """One JSON alert per line. ``append=False`` rewrites the file with each run's alerts."""
+    """One JSON alert per line, one line per alert id: the file holds the latest version of every alert.
+
+    A run replaces the lines of the ids it reports (an ongoing incident is updated in place,
+    re-scoring a period rewrites identical lines) and appends new ids; lines of other ids are
+    kept. The file is rewritten atomically, so a reader never sees half a run.
+    """
 
     name = "jsonl"
 
-    def __init__(self, path: str | Path, append: bool = False) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.append = append
+
+    def read(self) -> list[dict]:
+        """The alerts in the file, in file order (none if it does not exist)."""
+        if not self.path.exists():
+            return []
+        alerts = []
+        for n, line in enumerate(self.path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                alert = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                alert = None
+            if not isinstance(alert, dict) or not isinstance(alert.get("id"), str):
+                raise ValueError(f"{self.path}:{n} is not a JSON alert; choose another --output file")
+            alerts.append(alert)
+        return alerts
 
     def send(self, alerts: list[dict], since: int, until: int) -> None:
-        body = b"".join(orjson.dumps(a) + b"\n" for a in alerts)
+        merged = {a["id"]: a for a in self.read()}
+        merged.update((a["id"], a) for a in alerts)  # dicts keep the first position of a key: updates stay in place
+        body = b"".join(orjson.dumps(a) + b"\n" for a in merged.values())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.append:
-            with self.path.open("ab") as out:
-                out.write(body)
-            return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_bytes(body)
         tmp.replace(self.path)
@@ -100,6 +120,7 @@ class KafkaAlertSink(AlertSink):
             log.error("alert not delivered to %s: %s", self.topic, err)
 
     def send(self, alerts: list[dict], since: int, until: int) -> None:
+        self.failed = 0
         for a in alerts:
             self.producer.produce(self.topic, key=a["id"].encode(), value=orjson.dumps(a), on_delivery=self._report)
             self.producer.poll(0)
@@ -109,7 +130,13 @@ class KafkaAlertSink(AlertSink):
 
 
 class WebhookAlertSink(AlertSink):
-    """POSTs each alert as JSON from a background thread; retries with exponential backoff."""
+    """POSTs each alert as JSON from a background thread; retries with exponential backoff.
+
+    ``send`` only queues, so a slow or dead receiver never holds detection up. Server errors
+    (5xx), 408, 429 and connection failures are retried (``attempts`` in all, waiting
+    ``backoff`` × 2^n between them); other 4xx answers are final. Every alert given up on is
+    logged with its id and counted in ``failed``.
+    """
 
     name = "webhook"
 
@@ -122,12 +149,16 @@ class WebhookAlertSink(AlertSink):
         self.timeout = timeout
         self.delivered = 0
         self.failed = 0
+        self._busy = 0  # alerts queued or being posted
+        self._lock = threading.Lock()
         self._queue: queue.Queue[dict | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
         self._thread.start()
 
     def send(self, alerts: list[dict], since: int, until: int) -> None:
         for a in alerts:
+            with self._lock:
+                self._busy += 1
             self._queue.put(a)
 
     def _post(self, alert: dict) -> None:
@@ -137,29 +168,42 @@ class WebhookAlertSink(AlertSink):
             if response.status >= 300:
                 raise urllib.error.HTTPError(self.url, response.status, "unexpected status", response.headers, None)
 
+    def _deliver(self, alert: dict) -> bool:
+        for attempt in range(self.attempts):
+            try:
+                self._post(alert)
+                return True
+            except (OSError, urllib.error.URLError) as exc:
+                final = isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code not in (408, 429)
+                if final or attempt == self.attempts - 1:
+                    log.error("webhook %s gave up on alert %s after %d attempt(s): %s", self.url, alert["id"],
+                              attempt + 1, exc)
+                    return False
+                time.sleep(self.backoff * 2**attempt)
+        return False
+
     def _run(self) -> None:
         while True:
             alert = self._queue.get()
             if alert is None:
                 return
-            for attempt in range(self.attempts):
-                try:
-                    self._post(alert)
+            ok = self._deliver(alert)
+            with self._lock:
+                self._busy -= 1
+                if ok:
                     self.delivered += 1
-                    break
-                except (OSError, urllib.error.URLError) as exc:
-                    if attempt == self.attempts - 1:
-                        self.failed += 1
-                        log.warning("webhook gave up on alert %s after %d attempts: %s", alert["id"], self.attempts, exc)
-                    else:
-                        time.sleep(self.backoff * 2**attempt)
+                else:
+                    self.failed += 1
 
-    def close(self, timeout: float = 60.0) -> None:
-        """Wait (at most ``timeout`` seconds) for queued alerts to be delivered or given up."""
+    def close(self, timeout: float = 60.0) -> int:
+        """Wait (at most ``timeout`` seconds) for queued alerts; returns the alerts not delivered."""
         self._queue.put(None)
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("webhook still retrying after %.0fs; %d alerts undelivered", timeout, self._queue.qsize())
+        with self._lock:
+            lost = self.failed + self._busy
+        if self._busy:
+            log.error("webhook %s still retrying after %.0fs; %d alerts undelivered", self.url, timeout, self._busy)
+        return lost
 
 
 def kafka_settings(settings: Settings) -> Settings | None:

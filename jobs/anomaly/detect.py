@@ -69,6 +69,7 @@ class DetectionResult:
     baseline_buckets: int = 0
     little_history: list[str] = field(default_factory=list)
     models_trained: list[str] = field(default_factory=list)
+    findings: dict[str, int] = field(default_factory=dict)  # detector -> findings before merging and folding
     seconds: float = 0.0
 
 
@@ -118,7 +119,7 @@ def run_detection(con: duckdb.DuckDBPyConnection, options: DetectOptions, store:
         message += f"; {len(little)} workloads with too little history (< {o.min_history} baseline buckets): {', '.join(little[:5])}"
     return DetectionResult(o.since, o.until, alerts, message, workloads=len(scored_workloads), feature_rows=scored.num_rows,
                            baseline_buckets=base.num_rows, little_history=little, models_trained=multivariate.trained,
-                           seconds=time.perf_counter() - began)
+                           findings=summarize([{"detector": f.detector} for f in findings]), seconds=time.perf_counter() - began)
 
 
 def _labels(*tables: pa.Table) -> tuple[dict[str, str], dict[str, str]]:
@@ -147,7 +148,7 @@ def _previous_alerts(con: duckdb.DuckDBPyConnection, o: DetectOptions) -> tuple[
         if a["end_time"] >= o.since - o.merge_gap:
             prev = previous.get(key)
             if prev is None or a["end_time"] > prev.end_time:
-                previous[key] = Previous(a["id"], a["start_time"], a["end_time"], a["severity"], a["buckets"])
+                previous[key] = Previous.of(a)
     forget = pa.table({"workload": pa.array([p[0] for p in pairs], pa.string()),
                        "destination": pa.array([p[1] for p in pairs], pa.string())})
     return previous, forget

@@ -32,8 +32,15 @@ class Thresholds:
     sustain_z: float = 3.0
     sustain_min_bytes: float = 20e6
     seasonal_min_days: int = 3
-    multivariate_margin: float = 0.05
-    multivariate_min_z: float = 6.0
+    multivariate_min_history: int = 144
+    multivariate_margin: float = 0.01
+    multivariate_quantile: float = 0.01
+    multivariate_distance_factor: float = 2.0
+    multivariate_min_buckets: int = 3
+    multivariate_span_buckets: int = 6
+    multivariate_sustained_factor: float = 1.25
+    multivariate_sustained_min_buckets: int = 10
+    multivariate_sustained_span_buckets: int = 12
 
 
 @dataclass

@@ -10,6 +10,9 @@ SEVERITIES = ("low", "medium", "high", "critical")
 # Detectors whose findings are about one destination of a first-contact: one incident per
 # (workload, destination) whatever variant fires, so an incident that escalates keeps its id.
 NEW_DESTINATION_FAMILY = "new_destination"
+# Volume and multivariate findings judge the workload as a whole: overlapping ones are one incident,
+# named after the plainer volume reason, dated by whichever detector fired first.
+BEHAVIOUR_FAMILY = "behaviour"
 FAMILY = {
     "new_public_destination": NEW_DESTINATION_FAMILY,
     "new_llm_provider": NEW_DESTINATION_FAMILY,
@@ -17,12 +20,12 @@ FAMILY = {
     "beaconing": NEW_DESTINATION_FAMILY,
     "cloud_metadata": "cloud_metadata",
     "port_scan": "port_scan",
-    "volume_spike": "volume",
-    "volume_sustained": "volume",
-    "multivariate": "multivariate",
+    "volume_spike": BEHAVIOUR_FAMILY,
+    "volume_sustained": BEHAVIOUR_FAMILY,
+    "multivariate": BEHAVIOUR_FAMILY,
 }
 # Workload-level families: dropped in buckets that a destination-level finding already explains.
-WORKLOAD_LEVEL = frozenset({"volume", "multivariate"})
+WORKLOAD_LEVEL = frozenset({BEHAVIOUR_FAMILY})
 # Which detector names an incident when several fire (first wins at equal severity).
 PRECEDENCE = ("cloud_metadata", "large_transfer_new_destination", "beaconing", "port_scan", "new_llm_provider",
               "volume_spike", "volume_sustained", "new_public_destination", "multivariate")

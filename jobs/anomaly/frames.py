@@ -72,6 +72,9 @@ MODEL_FEATURES = (
     *(f"share_{c}" for c in CATEGORIES if c != "cloud_metadata"), "share_in_cluster", "hour_sin", "hour_cos",
 )
 _UNNORMALISED = ("hour_sin", "hour_cos")
+# Amounts judged one-sided: less traffic than usual is not an egress anomaly (shares and bytes per
+# connection move both ways when the mix changes, so they stay two-sided).
+ONE_SIDED = np.array([f.startswith("log_") and f != "log_bytes_per_flow" for f in MODEL_FEATURES])
 
 
 def model_matrix(frame: FeatureFrame) -> np.ndarray:
@@ -126,5 +129,10 @@ class WorkloadNorm:
                 center[:, j], scale[:, j] = 0.0, 1.0
         return cls(center, scale)
 
-    def apply(self, matrix: np.ndarray) -> np.ndarray:
-        return np.clip((matrix - self.center[:, None, :]) / self.scale[:, None, :], -50.0, 50.0)
+    def apply(self, matrix: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Robust z-scores of ``matrix`` (workloads, buckets, features); ``rows`` maps its workloads to ours."""
+        center = self.center if rows is None else self.center[rows]
+        scale = self.scale if rows is None else self.scale[rows]
+        z = np.clip((matrix - center[:, None, :]) / scale[:, None, :], -50.0, 50.0)
+        z[..., ONE_SIDED] = np.maximum(z[..., ONE_SIDED], 0.0)
+        return z

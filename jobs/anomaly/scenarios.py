@@ -12,16 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from jobs.anomaly.detect import DetectOptions, detect_lake
+from jobs.anomaly.findings import PRECEDENCE
 from pipeline.agent.sources.synthetic import SyntheticCluster
 from pipeline.schema import FLOWLOG, arrow_schema
 from pipeline.sink.lake import ParquetLakeWriter
@@ -42,6 +46,43 @@ class Incident:
     dest: str
     start: int
     end: int
+
+
+@dataclass
+class Diversion:
+    """An incident made of existing traffic sent elsewhere: ``workload``'s flows to the in-cluster
+    ``from_workload`` during [start, end) are removed from the lake and sent to ``to_ip:port`` instead."""
+
+    workload: str
+    from_workload: str
+    to_ip: str
+    port: int
+    domain: str
+    start: int
+    end: int
+
+    def flows_filter(self) -> pc.Expression:
+        return ((pc.field("source_workload") == self.workload) & (pc.field("dest_workload") == self.from_workload)
+                & (pc.field("end_time") >= self.start) & (pc.field("end_time") < self.end))
+
+    def windows_filter(self) -> pc.Expression:
+        return ((pc.field("source_workload") == self.workload) & (pc.field("destination") == self.from_workload)
+                & (pc.field("window_start") >= self.start // 60 * 60) & (pc.field("window_start") < self.end))
+
+    def rows(self, flows: pa.Table | None) -> pa.Table:
+        """The diverted flow records (source-reported only: nobody in the cluster reports the far end)."""
+        if flows is None:
+            return pa.Table.from_arrays([pa.nulls(0, f.type) for f in SCHEMA], schema=SCHEMA)
+        flows = flows.filter(self.flows_filter() & (pc.field("reporter") == "src"))
+        n = flows.num_rows
+        new = {"dest_ip": pa.array([self.to_ip] * n), "dest_name": pa.array(["-"] * n),
+               "dest_name_aggr": pa.array(["pub"] * n), "dest_namespace": pa.array(["-"] * n),
+               "dest_type": pa.array(["net"] * n), "dest_port": pa.array([self.port] * n),
+               "dest_domains": pa.array([[self.domain]] * n)}
+        columns = [new[f.name].cast(f.type) if f.name in new else
+                   (flows[f.name].cast(f.type) if f.name in flows.column_names and not f.name.startswith("dest_")
+                    else pa.nulls(n, f.type)) for f in SCHEMA]
+        return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
 @dataclass
@@ -167,9 +208,23 @@ class ScenarioCluster:
 
     # ---- incidents -----------------------------------------------------------------------------
 
+    def diversion(self, kind: str, day: int) -> Diversion | None:
+        """Incidents that move existing traffic (see :class:`Diversion`); None for the others."""
+        if kind == "diverted_inference":
+            # rag-api's prompts to the self-hosted vLLM go to an LLM provider it already uses, for 3 hours:
+            # no new destination, no scan, and only a few MB a bucket more leaving the cluster.
+            at = day * DAY + 12 * 3600
+            return Diversion("genai-prod/rag-api", "genai-prod/vllm", "160.79.104.10", 443, "api.anthropic.com",
+                             at, at + 3 * 3600)
+        return None
+
     def incident(self, kind: str, day: int) -> tuple[pa.Table, Incident]:
-        rng = np.random.default_rng(hash(kind) % (1 << 32))
+        rng = np.random.default_rng(zlib.crc32(kind.encode()))  # str hash() changes per process
         at = day * DAY
+        diverted = self.diversion(kind, day)
+        if diverted is not None:
+            empty = pa.Table.from_arrays([pa.nulls(0, f.type) for f in SCHEMA], schema=SCHEMA)
+            return empty, Incident(kind, diverted.workload, diverted.domain, diverted.start, diverted.end)
         if kind == "exfil_burst":
             t = at + 14 * 3600 + np.arange(0, 1200, 60)
             table = self.rows("genai-prod/tgi", t, "185.220.101.77", 443, rng.integers(250e6, 350e6, len(t)), 200_000, flows=3)
@@ -208,7 +263,8 @@ class ScenarioCluster:
         raise ValueError(f"unknown incident kind {kind!r}")
 
 
-INCIDENTS = ("exfil_burst", "slow_exfil", "metadata_access", "new_llm_api", "beaconing", "port_scan")
+INCIDENTS = ("exfil_burst", "slow_exfil", "metadata_access", "new_llm_api", "beaconing", "port_scan",
+             "diverted_inference")
 
 
 @dataclass
@@ -217,10 +273,22 @@ class ScenarioResult:
     incident: Incident | None
     alerts: list[dict]
     matched: list[dict] = field(default_factory=list)
+    findings: dict[str, int] = field(default_factory=dict)  # detector -> findings before merging and folding
 
     @property
     def detected(self) -> bool:
         return bool(self.matched)
+
+    def contributors(self) -> set[str]:
+        """Detectors with a finding in a matching alert."""
+        return {d for a in self.matched for d in orjson.loads(a["evidence"])["detectors"]}
+
+    def first_detector(self) -> str | None:
+        """The detector whose finding made the matching alerts fire first."""
+        if not self.matched:
+            return None
+        evidence = [orjson.loads(a["evidence"]) for a in self.matched]
+        return min(evidence, key=lambda e: e["first_detection_bucket_end"])["first_detected_by"]
 
     @property
     def false_positives(self) -> list[dict]:
@@ -266,13 +334,34 @@ class Evaluation:
     def benign_alerts(self) -> int:
         return sum(len(r.alerts) for r in self.results if r.incident is None)
 
+    def contribution(self) -> list[dict]:
+        """Per detector: raw findings, alerts it named, and incidents it named, helped with, caught first or alone."""
+        out = []
+        for name in PRECEDENCE:
+            hits = [r for r in self.results if r.incident is not None and r.detected]
+            row = {
+                "detector": name,
+                "findings": sum(r.findings.get(name, 0) for r in self.results),
+                "alerts": sum(a["detector"] == name for r in self.results for a in r.alerts),
+                "incidents_named": sum(any(a["detector"] == name for a in r.matched) for r in hits),
+                "incidents_contributed": sum(name in r.contributors() for r in hits),
+                "incidents_first": sum(r.first_detector() == name for r in hits),
+                "incidents_only": sum(r.contributors() == {name} for r in hits),
+                "false_positives": sum(a["detector"] == name for r in self.results for a in r.false_positives),
+            }
+            if row["findings"] or row["alerts"]:
+                out.append(row)
+        return out
+
     def as_dict(self) -> dict:
         return {
             "recall": round(self.recall, 4), "precision": round(self.precision, 4), "benign_alerts": self.benign_alerts,
+            "detectors": self.contribution(),
             "seconds_build": round(self.seconds_build, 1), "seconds_detect": round(self.seconds_detect, 1),
             "scenarios": [{"scenario": r.scenario, "detected": r.detected if r.incident else None,
                            "alerts": len(r.alerts), "false_positives": len(r.false_positives),
                            "detectors": sorted({a["detector"] for a in r.matched}),
+                           "contributors": sorted(r.contributors()), "first_detector": r.first_detector(),
                            "time_to_detect_s": r.time_to_detect,
                            "false_positive_reasons": [a["reason"] for a in r.false_positives]} for r in self.results],
         }
@@ -297,9 +386,10 @@ def evaluate(workdir: str | Path, days: int = 3, rate: float = 8.0, seed: int = 
     for kind in kinds:
         table, truth = sc.incident(kind, score_day)
         root = work / kind
-        _link_tree(base / "lake", root / "lake")
+        diverted = sc.diversion(kind, score_day)
+        removed = _link_tree(base / "lake", root / "lake", diverted)
         extra = LakeBuilder(root / "lake", f"eval.{kind}")
-        extra.add(table)
+        extra.add(diverted.rows(removed) if diverted is not None else table)
         extra.close()
         lakes.append((kind, root, truth))
     built = time.perf_counter()
@@ -308,15 +398,39 @@ def evaluate(workdir: str | Path, days: int = 3, rate: float = 8.0, seed: int = 
     for name, root, truth in lakes:
         result = detect_lake(str(root / "lake"), options, str(work / "state"))
         matched = [a for a in result.alerts if truth is not None and matches(a, truth, bucket)]
-        results.append(ScenarioResult(name, truth, result.alerts, matched))
+        results.append(ScenarioResult(name, truth, result.alerts, matched, result.findings))
     return Evaluation(results, built - began, time.perf_counter() - built)
 
 
-def _link_tree(src: Path, dst: Path) -> None:
+def _link_tree(src: Path, dst: Path, divert: Diversion | None = None) -> pa.Table | None:
+    """Hard-link the lake ``src`` to ``dst``; with ``divert``, copy the affected files without the diverted
+    rows instead and return the removed ``flows`` rows."""
+    removed = []
     for path in src.rglob("*.parquet"):
         target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
+        table_name = path.relative_to(src).parts[0]
+        if divert is not None and table_name in ("flows", "flow_windows") and _hour_overlaps(path, divert):
+            table = pq.ParquetFile(path).read()
+            hit = divert.flows_filter() if table_name == "flows" else divert.windows_filter()
+            gone = table.filter(hit)
+            if gone.num_rows:
+                pq.write_table(table.filter(~hit), target, compression="zstd")
+                if table_name == "flows":
+                    removed.append(gone)
+                continue
         try:
             os.link(path, target)
         except OSError:
             shutil.copy2(path, target)
+    return pa.concat_tables(removed) if removed else None
+
+
+def _hour_overlaps(path: Path, divert: Diversion) -> bool:
+    """Whether the hour partition of a lake file can hold rows of [divert.start, divert.end)."""
+    keys = dict(part.split("=", 1) for part in path.parts if "=" in part)
+    if "date" not in keys or "hour" not in keys:
+        return True
+    day = datetime.strptime(keys["date"], "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    hour = int(day) + int(keys["hour"]) * 3600
+    return hour < divert.end and hour + 3600 > divert.start - 120

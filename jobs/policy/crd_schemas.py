@@ -33,6 +33,11 @@ def _resource(api: str, kind: str, spec: dict, namespaced: bool, spec_required: 
 
 # ---- Calico ---------------------------------------------------------------------------------
 
+# Calico domain names: exact DNS names, or with a wildcard label; flowctl writes lower-case names and '*.' only in front.
+_CALICO_DOMAINS = {"type": "array", "minItems": 1,
+                   "items": {"type": "string", "maxLength": 253,
+                             "pattern": r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"}}
+
 _CALICO_PORT = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 65535},
                           {"type": "string", "pattern": r"^([0-9]{1,5}:[0-9]{1,5}|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"}]}
 _ENTITY = {
@@ -45,7 +50,7 @@ _ENTITY = {
         "namespaceSelector": {"type": "string"},
         "ports": {"type": "array", "items": _CALICO_PORT},
         "notPorts": {"type": "array", "items": _CALICO_PORT},
-        "domains": {"type": "array", "items": {"type": "string"}},
+        "domains": _CALICO_DOMAINS,
         "serviceAccounts": {"type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}},
                                                              "selector": {"type": "string"}}, "additionalProperties": False},
         "services": {"type": "object", "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}}, "additionalProperties": False},
@@ -170,8 +175,8 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("projectcalico.org/v3", "StagedNetworkPolicy"): _resource("projectcalico.org/v3", "StagedNetworkPolicy", _no_domains_in_ingress(_STAGED_SPEC),
                                                                namespaced=True),
     ("projectcalico.org/v3", "GlobalNetworkSet"): _resource("projectcalico.org/v3", "GlobalNetworkSet", {
-        "type": "object", "properties": {"nets": {"type": "array", "items": {"type": "string"}},
-                                         "allowedEgressDomains": {"type": "array", "items": {"type": "string"}}}, "additionalProperties": False},
+        "type": "object", "minProperties": 1, "additionalProperties": False,
+        "properties": {"nets": {"type": "array", "items": {"type": "string"}}, "allowedEgressDomains": _CALICO_DOMAINS}},
         namespaced=False),
     ("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy"): _resource("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy", _ANP_SPEC,
                                                                            namespaced=False),

@@ -6,9 +6,10 @@ import ipaddress
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobs.policy.learn import Evidence
-from jobs.policy.names import InvalidName, check_namespace, check_object_name, is_domain, stable_labels
+from jobs.policy.names import InvalidName, check_domain, check_namespace, check_object_name, is_domain, stable_labels
 
 PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "6": "TCP", "17": "UDP", "132": "SCTP"}
 # Selector keys tried first, smallest and most conventional first.
@@ -17,32 +18,60 @@ PREFERRED_KEYS = ("app.kubernetes.io/name", "app", "k8s-app", "name", "app.kuber
 KUBE_DNS = ("kube-system", (("k8s-app", "kube-dns"),))
 DNS_PORTS = (("UDP", 53), ("TCP", 53))
 POLICY_PREFIX = "flowctl-"
+# How Calico egress rules name outside destinations that have a DNS name: inline `destination.domains`,
+# a GlobalNetworkSet with `allowedEgressDomains` selected by the rule, or addresses only (`nets`).
+DOMAIN_MODES = ("inline", "networkset", "nets")
 
 
 @dataclass(frozen=True)
 class Options:
-    """How far evidence may be generalised."""
+    """How far evidence may be generalised, and which objects are written."""
 
-    merge_min_addresses: int = 4  # addresses in one /24 (IPv6: /120) before they merge to their covering prefix
+    merge_cidrs: bool = True  # merge outside addresses into covering prefixes where the evidence supports it
+    merge_min_addresses: int = 4  # addresses in one merge block before they merge to their covering prefix
+    merge_prefix: int = 24  # the merge block, and the widest prefix a merge may produce (IPv6: the same host bits, /120)
     min_port_range: int = 8  # adjacent ports seen before a rule uses port..endPort
     open_ingress_sources: int = 16  # distinct outside source addresses before ingress opens to any address
     tier: str = "flowctl"
+    domain_mode: str = "inline"  # one of DOMAIN_MODES
+    guardrails: bool = True  # write the AdminNetworkPolicy guardrails
     stable_runs: int = 3  # unchanged runs before a recommendation is 'stable'
     approved_domains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.merge_min_addresses < 2:
             raise ValueError("merge_min_addresses must be at least 2")
+        if not 8 <= self.merge_prefix <= 32:
+            raise ValueError("merge_prefix must be between 8 and 32")
         if self.min_port_range < 2:
             raise ValueError("min_port_range must be at least 2")
         if self.open_ingress_sources < 1:
             raise ValueError("open_ingress_sources must be at least 1")
         if self.stable_runs < 2:
             raise ValueError("stable_runs must be at least 2")
+        if self.domain_mode not in DOMAIN_MODES:
+            raise ValueError(f"domain_mode must be one of {', '.join(DOMAIN_MODES)}, got {self.domain_mode!r}")
         check_object_name(self.tier, "tier", 63)
+        if "." in self.tier:
+            raise ValueError(f"tier {self.tier!r} must not contain '.' (Calico policy names are <tier>.<name>)")
         for d in self.approved_domains:
-            if not is_domain(d):
-                raise ValueError(f"approved domain {d!r} is not a valid DNS name")
+            check_domain(d, "approved domain")
+
+    @classmethod
+    def from_settings(cls, settings: Any, **flags: Any) -> Options:
+        """Options from the recommend_* settings; flags that are not None override them."""
+        approved = flags.pop("approved_domains", None) or settings.recommend_approved_domains
+        if isinstance(approved, str):
+            approved = [d.strip() for d in approved.split(",")]
+        values = {
+            "merge_cidrs": settings.recommend_merge_cidrs, "merge_min_addresses": settings.recommend_merge_min_addresses,
+            "merge_prefix": settings.recommend_merge_prefix, "min_port_range": settings.recommend_min_port_range,
+            "open_ingress_sources": settings.recommend_open_ingress_sources, "tier": settings.recommend_tier,
+            "domain_mode": settings.recommend_domain_mode, "guardrails": settings.recommend_guardrails,
+            "stable_runs": settings.recommend_stable_runs,
+        }
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls(**values, approved_domains=tuple(d for d in approved if d))
 
 
 @dataclass(frozen=True)
@@ -155,18 +184,20 @@ def choose_selector(own: list[dict[str, str]], others: list[dict[str, str]]) -> 
     return common, "its stable labels also select pods of another workload in the namespace"
 
 
-def covering_cidrs(addresses: set[str], min_addresses: int) -> dict[str, set[str]]:
+def covering_cidrs(addresses: set[str], min_addresses: int, max_prefix: int = 24) -> dict[str, set[str]]:
     """CIDR → addresses it stands for: one host prefix per address, except where at least ``min_addresses``
-    addresses share a /24 (IPv6: /120); those merge into the smallest prefix covering them."""
+    addresses share a ``/max_prefix`` block (IPv6: a block of the same host bits, /120 for /24); those merge
+    into the smallest prefix covering them, never wider than the block."""
+    host_bits = 32 - max_prefix
     groups: dict[tuple[int, int], list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = defaultdict(list)
     for text in addresses:
         ip = ipaddress.ip_address(text)
-        groups[(ip.version, int(ip) >> 8)].append(ip)  # /24 for IPv4, /120 for IPv6
+        groups[(ip.version, int(ip) >> host_bits)].append(ip)
     out: dict[str, set[str]] = {}
     for (version, _), ips in groups.items():
         bits = 32 if version == 4 else 128
         network = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-        if len(ips) >= min_addresses:
+        if len(ips) >= min_addresses and host_bits:
             lo, hi = int(min(ips)), int(max(ips))
             prefix = bits - (lo ^ hi).bit_length()
             out[str(network((lo >> (bits - prefix) << (bits - prefix), prefix)))] = {str(i) for i in ips}
@@ -215,6 +246,15 @@ class _Acc:
         self.last = last if self.last is None else max(self.last, last)
         if domain:
             self.domains.add(domain)
+
+
+def _traffic_domain(name: str | None) -> str | None:
+    """An observed DNS name usable in a domain rule, or None: lower-cased, no root dot, never a wildcard."""
+    if not name:
+        return None
+    name = name.lower()
+    name = name[:-1] if name.endswith(".") else name
+    return name if is_domain(name) else None
 
 
 def _edge_summary(row: dict, flows: int, nbytes: int, reason: str | None = None) -> dict:
@@ -302,7 +342,7 @@ def build(evidence: Evidence, since: int, until: int, options: Options) -> Recom
                 else:
                     acc[(src_w, "egress", peer)].add(proto, port, flows, nbytes, first, last)
             elif row["dest_ip"]:
-                domain = row["dest_domain"] if is_domain(row["dest_domain"] or "") else None
+                domain = _traffic_domain(row["dest_domain"])
                 external[(src_w, "egress")][row["dest_ip"]].add(proto, port, flows, nbytes, first, last, domain)
             else:
                 problem = "destination address unknown (aggregated away in the flow log)"
@@ -329,7 +369,8 @@ def build(evidence: Evidence, since: int, until: int, options: Options) -> Recom
             merged = {c: ips for c, ips in merged.items() if ips}
             policies[w].notes.append(f"ingress from {len(per_ip)} outside addresses: open to any address on the observed ports")
         else:
-            merged = covering_cidrs(set(per_ip), options.merge_min_addresses)
+            merged = covering_cidrs(set(per_ip), options.merge_min_addresses if options.merge_cidrs else len(per_ip) + 1,
+                                    options.merge_prefix)
         for cidr, ips in merged.items():
             total = _Acc()
             for ip in ips:

@@ -13,7 +13,7 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_DOMAIN_LABEL = re.compile(r"^(\*|[A-Za-z0-9_]([-A-Za-z0-9_]*[A-Za-z0-9])?)$")
+_HOST_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 # Labels Kubernetes controllers add per pod, per revision or per run: never part of a stable selector.
 VOLATILE_LABELS = frozenset({
@@ -35,11 +35,11 @@ class InvalidName(ValueError):
 
 
 def is_dns1123_label(text: str) -> bool:
-    return isinstance(text, str) and len(text) <= 63 and bool(_DNS1123_LABEL.match(text))
+    return isinstance(text, str) and len(text) <= 63 and bool(_DNS1123_LABEL.fullmatch(text))
 
 
 def is_dns1123_subdomain(text: str) -> bool:
-    return isinstance(text, str) and len(text) <= 253 and bool(_DNS1123_SUBDOMAIN.match(text))
+    return isinstance(text, str) and len(text) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(text))
 
 
 def is_label_key(key: str) -> bool:
@@ -49,19 +49,32 @@ def is_label_key(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
     if "/" in key and not is_dns1123_subdomain(prefix):
         return False
-    return len(name) <= 63 and bool(_LABEL_NAME.match(name))
+    return len(name) <= 63 and bool(_LABEL_NAME.fullmatch(name))
 
 
 def is_label_value(value: str) -> bool:
-    return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+    return isinstance(value, str) and len(value) <= 63 and bool(_LABEL_VALUE.fullmatch(value))
 
 
-def is_domain(name: str) -> bool:
-    """A DNS name usable in a domain-based rule (optionally with '*' labels), at most 253 characters."""
-    if not isinstance(name, str) or not name or len(name) > 253:
+def is_domain(name: str, wildcard: bool = False) -> bool:
+    """A lower-case DNS host name usable in a domain-based rule: RFC 1123 labels, at least two, at most 253 characters.
+
+    With ``wildcard``, a leading ``*.`` is accepted too (Calico: it matches one or more labels at that place;
+    AdminNetworkPolicy ``domainNames`` allow it only there). A name seen in traffic never carries one.
+    """
+    if not isinstance(name, str) or not name or len(name) > 253 or name.endswith("."):
         return False
-    labels = name.rstrip(".").split(".")
-    return len(labels) >= 2 and all(len(p) <= 63 and _DOMAIN_LABEL.match(p) for p in labels)
+    labels = name.split(".")
+    if wildcard and labels[0] == "*":
+        labels = labels[1:]
+    return len(labels) >= 2 and all(len(p) <= 63 and _HOST_LABEL.fullmatch(p) for p in labels)
+
+
+def check_domain(name: str, what: str = "domain", wildcard: bool = True) -> str:
+    if not is_domain(name, wildcard):
+        form = "a lower-case DNS name, optionally starting with '*.'" if wildcard else "a lower-case DNS name"
+        raise InvalidName(f"{what} {name!r} is not {form}")
+    return name
 
 
 def check_namespace(namespace: str) -> str:

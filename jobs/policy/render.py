@@ -6,6 +6,7 @@ string that could be read back as something else, so a hostile value stays inert
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 import yaml
@@ -18,6 +19,7 @@ METADATA_NETWORKS = ("169.254.169.254/32", "fd00:ec2::254/128")
 PRIVATE_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 CALICO_API = "projectcalico.org/v3"
 ANP_API = "policy.networking.k8s.io/v1alpha1"
+DOMAIN_SET_LABEL = "flowctl.io/domain-set"
 
 
 # ---- Kubernetes NetworkPolicy -------------------------------------------------------------
@@ -75,7 +77,12 @@ def calico_selector(labels: Iterable[tuple[str, str]]) -> str:
     return " && ".join(f"{k} == '{v}'" for k, v in labels) or "all()"
 
 
-def _calico_entity(peer: Peer, namespace: str, rule: Rule, use_domains: bool) -> dict:
+def domain_set_id(domains: Iterable[str]) -> str:
+    """A short stable id for a set of domains: the GlobalNetworkSet that holds them is named and labelled by it."""
+    return hashlib.sha256("\n".join(sorted(domains)).encode()).hexdigest()[:12]
+
+
+def _calico_entity(peer: Peer, namespace: str, rule: Rule, domain_mode: str) -> dict:
     if peer.kind == "pods":
         entity = {"selector": calico_selector(peer.selector)}
         if peer.namespace != namespace:
@@ -85,20 +92,23 @@ def _calico_entity(peer: Peer, namespace: str, rule: Rule, use_domains: bool) ->
         return {"selector": calico_selector(KUBE_DNS[1]), "namespaceSelector": f"projectcalico.org/name == '{KUBE_DNS[0]}'"}
     if peer.kind == "all-pods":
         return {"namespaceSelector": "all()"}
-    if use_domains and rule.domains and rule.direction == "egress":
-        return {"domains": list(rule.domains)}
+    if rule.domains and rule.direction == "egress":
+        if domain_mode == "inline":
+            return {"domains": list(rule.domains)}
+        if domain_mode == "networkset":  # global() lets a namespaced policy's rule select a GlobalNetworkSet
+            return {"selector": f"{DOMAIN_SET_LABEL} == '{domain_set_id(rule.domains)}'", "namespaceSelector": "global()"}
     entity = {"nets": [peer.cidr]}
     if peer.except_cidrs:
         entity["notNets"] = list(peer.except_cidrs)
     return entity
 
 
-def _calico_rules(policy: WorkloadPolicy, rules: list[Rule], use_domains: bool) -> list[dict]:
+def _calico_rules(policy: WorkloadPolicy, rules: list[Rule], domain_mode: str) -> list[dict]:
     out = []
     for rule in rules:
         for proto in sorted({p.protocol for p in rule.ports}):
             ports = [p.port if p.end_port is None else f"{p.port}:{p.end_port}" for p in rule.ports if p.protocol == proto]
-            peer = _calico_entity(rule.peer, policy.namespace, rule, use_domains)
+            peer = _calico_entity(rule.peer, policy.namespace, rule, domain_mode)
             if rule.direction == "ingress":
                 out.append({"action": "Allow", "protocol": proto, "source": peer, "destination": {"ports": ports}})
             else:
@@ -110,19 +120,21 @@ def calico_tier(options: Options) -> dict:
     return {"apiVersion": CALICO_API, "kind": "Tier", "metadata": {"name": options.tier, "labels": dict(MANAGED)}, "spec": {"order": 500}}
 
 
-def calico_policy(policy: WorkloadPolicy, options: Options, staged: bool, use_domains: bool = True) -> dict:
-    """Calico NetworkPolicy (or StagedNetworkPolicy, to preview) in the flowctl tier.
+def calico_policy(policy: WorkloadPolicy, options: Options, staged: bool) -> dict:
+    """Calico NetworkPolicy (or StagedNetworkPolicy, to preview) in the options' tier.
 
-    Egress to outside addresses with known DNS names uses ``destination.domains``, which needs
-    Calico's DNS policy support (Calico Enterprise / Calico Cloud); pass ``use_domains=False`` for nets only.
+    Egress to outside addresses with known DNS names follows ``options.domain_mode``: ``inline``
+    puts them in ``destination.domains``, ``networkset`` selects the GlobalNetworkSet of
+    :func:`calico_domain_sets` (both need Calico's DNS policy support, Calico Enterprise / Calico
+    Cloud), ``nets`` keeps the addresses.
     """
     spec: dict = {
         "tier": options.tier,
         "order": 100,
         "selector": calico_selector(sorted(policy.selector.items())),
         "types": ["Ingress", "Egress"],
-        "ingress": _calico_rules(policy, policy.ingress, use_domains),
-        "egress": _calico_rules(policy, policy.egress, use_domains),
+        "ingress": _calico_rules(policy, policy.ingress, options.domain_mode),
+        "egress": _calico_rules(policy, policy.egress, options.domain_mode),
     }
     if staged:
         spec = {"stagedAction": "Set", **spec}
@@ -132,6 +144,26 @@ def calico_policy(policy: WorkloadPolicy, options: Options, staged: bool, use_do
         "metadata": {"name": f"{options.tier}.{policy.policy_name}", "namespace": policy.namespace, "labels": dict(MANAGED)},
         "spec": spec,
     }
+
+
+def calico_domain_sets(rec: Recommendation, options: Options) -> list[dict]:
+    """One GlobalNetworkSet per distinct set of egress domains (``domain_mode`` ``networkset``; none otherwise).
+
+    Rules that reach the same domains share one set, named ``<tier>-domains-<id>`` and labelled
+    ``flowctl.io/domain-set: <id>``; the domains go to ``allowedEgressDomains``.
+    """
+    if options.domain_mode != "networkset":
+        return []
+    sets = {tuple(r.domains) for p in rec.policies for r in p.egress if r.domains}
+    out = []
+    for domains in sorted(sets):
+        set_id = domain_set_id(domains)
+        out.append({
+            "apiVersion": CALICO_API, "kind": "GlobalNetworkSet",
+            "metadata": {"name": f"{options.tier}-domains-{set_id}", "labels": {**MANAGED, DOMAIN_SET_LABEL: set_id}},
+            "spec": {"allowedEgressDomains": list(domains)},
+        })
+    return out
 
 
 # ---- AdminNetworkPolicy guardrails ---------------------------------------------------------
@@ -148,7 +180,7 @@ def guardrails(rec: Recommendation, options: Options, priority: int = 10) -> lis
     BaselineAdminNetworkPolicy denying other internet egress where no NetworkPolicy decides.
     """
     namespaces = genai_namespaces(rec)
-    if not namespaces:
+    if not namespaces or not options.guardrails:
         return []
     subject = {"namespaces": {"matchExpressions": [{"key": NS_LABEL, "operator": "In", "values": namespaces}]}}
     out = [{

@@ -38,8 +38,9 @@ def policy_objects(rec: Recommendation, options: Options) -> dict[str, list[dict
     k8s = [render.network_policy(p, rec) for p in rec.policies]
     calico = [render.calico_tier(options)] + [render.calico_policy(p, options, staged=False) for p in rec.policies]
     staged = [render.calico_policy(p, options, staged=True) for p in rec.policies]
-    return {"networkpolicies.yaml": k8s, "calico-networkpolicies.yaml": calico, "calico-staged.yaml": staged,
-            "guardrails.yaml": render.guardrails(rec, options)}
+    # GlobalNetworkSets first: the Calico policies' domain rules select them.
+    return {"networkpolicies.yaml": k8s, "calico-globalnetworksets.yaml": render.calico_domain_sets(rec, options),
+            "calico-networkpolicies.yaml": calico, "calico-staged.yaml": staged, "guardrails.yaml": render.guardrails(rec, options)}
 
 
 def recommendation_rows(summary: RunSummary, generated_at: int) -> pa.Table:

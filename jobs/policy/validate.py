@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from jobs.policy.crd_schemas import SCHEMAS
-from jobs.policy.names import is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value
+from jobs.policy.names import is_dns1123_label, is_dns1123_subdomain, is_domain, is_label_key, is_label_value
 
 KUBERNETES_VERSION = "1.33.0"
 
@@ -56,7 +56,25 @@ def _kubernetes_validator(api: str, kind: str) -> jsonschema.protocols.Validator
         return None
     definitions = schema_contents(f"{folder}/_definitions.json", KUBERNETES_VERSION)
     registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
-    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+    return jsonschema.validators.Draft202012Validator(_inline_refs(schema, definitions["$defs"]), registry=registry)
+
+
+def _inline_refs(node: Any, defs: dict, seen: tuple[str, ...] = ()) -> Any:
+    """The schema with each non-recursive ``$ref`` into the definitions replaced by its target.
+
+    Resolving a reference costs more than checking the fields it stands for; recursive references stay for the registry.
+    """
+    if isinstance(node, list):
+        return [_inline_refs(v, defs, seen) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    name = ref.rpartition("#/$defs/")[2] if isinstance(ref, str) and "#/$defs/" in ref else None
+    if name is None or name in seen or name not in defs:
+        return {k: _inline_refs(v, defs, seen) for k, v in node.items()}
+    target = _inline_refs(defs[name], defs, (*seen, name))
+    rest = {k: _inline_refs(v, defs, seen) for k, v in node.items() if k not in ("$ref", "description")}
+    return {**target, **rest} if not rest.keys() & target.keys() else {"allOf": [target], **rest}
 
 
 def _cidr(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -101,6 +119,19 @@ def _check_networks(obj: dict, where: str) -> None:
         _cidr(cidr, where)
 
 
+def _check_domains(obj: dict, where: str) -> None:
+    # The schema patterns are searched with '$', which also matches before a final newline; this check is exact.
+    spec = obj.get("spec") or {}
+    names = list(spec.get("allowedEgressDomains") or [])
+    for rule in (spec.get("egress") or []) + (spec.get("ingress") or []):
+        names += (rule.get("destination") or {}).get("domains") or []
+        for peer in rule.get("to") or []:
+            names += peer.get("domainNames") or []
+    for name in names:
+        if not is_domain(name, wildcard=True):
+            raise PolicyValidationError(f"{where}: {name!r} is not a valid domain name")
+
+
 def _check_metadata(obj: dict, where: str) -> None:
     # The OpenAPI schema types metadata but does not check names and labels; the API server would.
     meta = obj.get("metadata") or {}
@@ -124,6 +155,7 @@ def validate_object(obj: dict) -> None:
             path = ".".join(str(p) for p in e.absolute_path)
             raise PolicyValidationError(f"{where}: {path or '(object)'}: {e.message}")
         _check_networks(obj, where)
+        _check_domains(obj, where)
         return
     validator = _kubernetes_validator(str(api), str(kind))
     if validator is None:

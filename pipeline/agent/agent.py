@@ -7,8 +7,10 @@ between the log file and the lake.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,10 +18,13 @@ from confluent_kafka import Producer
 
 from pipeline import metrics, topics
 from pipeline.agent.publisher import BatchPublisher, DeliveryTracker, PublishError, producer_config
+from pipeline.agent.spool import Outbox, Spool
 from pipeline.config import Settings
 from pipeline.conform import Reject
 from pipeline.envelope import NDJSON, Envelope, encode_ndjson, new_batch_id
 from pipeline.stream.processor import _json, _raw_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,15 +40,24 @@ _DLQ_MESSAGE_BYTES = 1 << 20
 
 
 class FlowAgent:
-    def __init__(self, settings: Settings, backpressure: bool | None = None, track_batches: bool = True) -> None:
+    """Publishes flows and dead letters; with ``spool_dir`` (and ``agent_spool_max_bytes`` > 0) batches that
+    Kafka does not confirm within ``agent_spool_after_seconds`` wait in an on-disk spool (pipeline/agent/spool.py)."""
+
+    def __init__(self, settings: Settings, backpressure: bool | None = None, track_batches: bool = True,
+                 spool_dir: str | Path | None = None) -> None:
         self.settings = settings
+        spooling = spool_dir is not None and settings.agent_spool_max_bytes > 0
+        delivery_timeout = settings.agent_spool_after_seconds if spooling else 300.0
         # One numbering for flows and dead letters: a source position is confirmed when both are.
         self.tracker = DeliveryTracker()
         self.publisher = BatchPublisher(settings, backpressure=backpressure, tracker=self.tracker,
-                                        track_batches=track_batches)
-        self._dlq = Producer(producer_config(settings))
+                                        track_batches=track_batches, delivery_timeout=delivery_timeout)
+        self._dlq = Producer(producer_config(settings, delivery_timeout))
+        self.spool = Spool(spool_dir, settings.agent_spool_max_bytes) if spooling else None
+        self.outbox = Outbox({self.publisher.topic: self.publisher.producer, topics.DLQ: self._dlq}, self.tracker,
+                             self.spool, has_room=self.publisher.has_room, on_replay=self.publisher.record_replayed)
+        self.publisher.outbox = self.outbox
         self.stats = AgentStats()
-        self._dlq_failures: list[str] = []
 
     def publish(self, table: pa.Table, batch_key: str | None = None) -> None:
         """Publish a conformed flowlog.v1 table; fills ``cluster`` where the source left it empty.
@@ -92,43 +106,36 @@ class FlowAgent:
 
     def _send_dead_letters(self, chunk: list[dict], batch_id: str) -> None:
         env = Envelope("dlq_record", "1", NDJSON, len(chunk), self.settings.node, batch_id)
-        tracked = self.tracker.callback(self.tracker.issue())
-
-        def on_delivery(err, msg) -> None:
-            tracked(err, msg)
-            if err is not None:
-                self._dlq_failures.append(str(err))
-
-        value = encode_ndjson(chunk)
-        while True:
-            try:
-                self._dlq.produce(topics.DLQ, value=value, headers=env.headers(), on_delivery=on_delivery)
-                break
-            except BufferError:
-                self._dlq.poll(0.1)
-        self._dlq.poll(0)
+        self.outbox.send(topics.DLQ, encode_ndjson(chunk), headers=env.headers())
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery reports; returns the ticket up to which Kafka confirmed everything."""
-        self.publisher.producer.poll(timeout)
-        self._dlq.poll(0)
-        if self._dlq_failures:
-            raise PublishError(f"Kafka rejected {len(self._dlq_failures)} dead-letter batches: {self._dlq_failures[0]}")
-        self.publisher._raise_failures()
-        return self.tracker.confirmed_through
+        """Serve delivery reports (spooling and replaying as needed); returns the ticket up to which every
+        message is confirmed by Kafka or durably spooled."""
+        confirmed = self.outbox.poll(timeout)
+        self.outbox.raise_failures(PublishError)
+        return confirmed
 
-    def finish(self, flush_windows: bool = False) -> None:
-        """Wait for Kafka to confirm everything; optionally tell the worker to close all windows."""
+    def finish(self, flush_windows: bool = False, timeout: float = 120.0) -> None:
+        """Wait for Kafka to confirm everything; optionally tell the worker to close all windows.
+
+        With a spool, what Kafka has not taken by ``timeout`` stays spooled (durable) for the next run."""
         if flush_windows:
             self.publisher.send_control("flush")
-        self.publisher.flush()
-        if self._dlq.flush(120):
+        if self.spool is not None:
+            if not self.outbox.drain(timeout):
+                log.warning("Kafka did not take the backlog within %.0fs: %.1f MiB stay in the spool %s and are "
+                            "sent when the agent runs again", timeout, self.spool.bytes / 2**20, self.spool.directory)
+            return
+        self.publisher.flush(timeout)
+        if self._dlq.flush(timeout):
             raise PublishError("dead letters not confirmed by Kafka")
-        if self._dlq_failures:
-            raise PublishError(f"Kafka rejected {len(self._dlq_failures)} dead-letter batches: {self._dlq_failures[0]}")
+        self.outbox.raise_failures(PublishError)
 
     def close(self) -> None:
-        """Release the Kafka clients (their threads would otherwise outlive an embedded broker)."""
+        """Release the Kafka clients (their threads would otherwise outlive an embedded broker) and the spool."""
         self.publisher.close()
         self.publisher.producer = None  # type: ignore[assignment]
         self._dlq = None  # type: ignore[assignment]
+        self.outbox.producers = {}
+        if self.spool is not None:
+            self.spool.close()

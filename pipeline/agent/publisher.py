@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from pipeline import topics
+from pipeline.agent.spool import DIRECT, Outbox
 from pipeline.config import Settings
 from pipeline.envelope import ARROW, Envelope, encode_arrow, new_batch_id
 from pipeline.kafka import LagGuard, partition_for
@@ -30,7 +31,8 @@ class PublishError(RuntimeError):
     """Kafka did not confirm some batches; nothing may be reported as delivered."""
 
 
-def producer_config(settings: Settings) -> dict[str, object]:
+def producer_config(settings: Settings, delivery_timeout: float = 300.0) -> dict[str, object]:
+    """``delivery_timeout``: seconds before an unconfirmed message fails (and, with a spool, is spooled)."""
     return {
         **settings.kafka_client_config(),
         "enable.idempotence": True,
@@ -40,7 +42,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "batch.size": 4 * 1024 * 1024,
         "message.max.bytes": 8 * 1024 * 1024,
         "queue.buffering.max.kbytes": 256 * 1024,
-        "delivery.timeout.ms": 300_000,
+        "delivery.timeout.ms": int(delivery_timeout * 1000),
     }
 
 
@@ -107,18 +109,20 @@ class PublishStats:
 
 
 class BatchPublisher:
-    """Sends flow batches with delivery confirmation; ``flush`` raises if any batch failed."""
+    """Sends flow batches with delivery confirmation; ``flush`` raises if any batch failed.
+
+    Messages go through ``outbox`` (by default straight to Kafka; FlowAgent gives it a spool)."""
 
     def __init__(self, settings: Settings, node: str = "", topic: str = topics.RAW,
                  backpressure: bool | None = None, tracker: DeliveryTracker | None = None,
-                 track_batches: bool = True) -> None:
+                 track_batches: bool = True, delivery_timeout: float = 300.0) -> None:
         self.settings = settings
         self.tracker = tracker or DeliveryTracker()
         self.topic = topic
         self.node = node or settings.node
-        self.producer = Producer(producer_config(settings))
+        self.producer = Producer(producer_config(settings, delivery_timeout))
+        self.outbox = Outbox({topic: self.producer}, self.tracker)
         self.stats = PublishStats()
-        self._failed: list[str] = []
         self._partitions = self._partition_count()
         # The embedded broker drops the oldest data beyond ~5 MiB per partition: wait for consumers.
         self._backpressure = settings.on_embedded_broker if backpressure is None else backpressure
@@ -140,29 +144,14 @@ class BatchPublisher:
     def partitions(self) -> int:
         return self._partitions
 
-    def _delivery_callback(self):
-        tracked = self.tracker.callback(self.tracker.issue())
+    def _produce(self, partition: int, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         sent = time.monotonic()
 
-        def on_delivery(err: KafkaError | None, msg: object) -> None:
-            tracked(err, msg)
-            if err is not None:
-                self._failed.append(str(err))
-            elif len(self.stats.delivery_seconds) < 10_000:
+        def on_success() -> None:
+            if len(self.stats.delivery_seconds) < 10_000:
                 self.stats.delivery_seconds.append(time.monotonic() - sent)
-        return on_delivery
 
-    def _produce(self, partition: int, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        on_delivery = self._delivery_callback()
-        while True:
-            try:
-                self.producer.produce(self.topic, value=value, key=key, partition=partition,
-                                      headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room, never drop.
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+        self.outbox.send(self.topic, value, key, partition, headers, on_success)
 
     def publish(self, table: pa.Table, batch_key: str | None = None) -> int:
         """Publish a conformed flowlog table; returns the number of batches sent.
@@ -216,25 +205,36 @@ class BatchPublisher:
         self._raise_failures()
 
     def _raise_failures(self) -> None:
-        if self._failed:
-            first, count = self._failed[0], len(self._failed)
-            self._failed.clear()
-            raise PublishError(f"Kafka rejected {count} batches: {first}")
+        self.outbox.raise_failures(PublishError)
+
+    def has_room(self) -> bool:
+        """Whether the worker's lag leaves room for more (always, off the embedded broker); for spool replays."""
+        if self._guard is None:
+            return True
+        try:
+            return self._guard.worst_lag_bytes(pending_messages=len(self.producer)) <= self.settings.max_lag_bytes
+        except KafkaException:
+            return False
+
+    def record_replayed(self, nbytes: int) -> None:
+        if self._guard is not None:
+            self._guard.record(nbytes)
 
     def _wait_for_room(self) -> None:
-        if self._guard is None or not self._guard.due():
+        if self._guard is None or self.outbox.state != DIRECT or not self._guard.due():
             return
         started = warned = time.monotonic()
-        while True:
-            self.producer.poll(0)
+        # A spooling outbox adds nothing to the broker's lag: stop waiting when Kafka goes away.
+        while self.outbox.state == DIRECT:
+            self.outbox.poll(0)
             try:
                 lag = self._guard.worst_lag_bytes(pending_messages=len(self.producer))
             except KafkaException as exc:
-                # Broker unreachable: the producer keeps its queue and retries; wait with it.
+                # Broker unreachable: the producer keeps its queue and retries (or spools); wait with it.
                 if time.monotonic() - warned > 30:
                     warned = time.monotonic()
                     log.warning("cannot read consumer lag of %s (%s); waiting", self.topic, exc)
-                self.producer.poll(0.5)
+                self.outbox.poll(0.5)
                 continue
             if lag <= self.settings.max_lag_bytes:
                 break
@@ -242,7 +242,7 @@ class BatchPublisher:
                 warned = time.monotonic()
                 log.warning("waiting for the worker: %.1f MiB unconsumed on one partition of %s (limit %.1f MiB)",
                             lag / 2**20, self.topic, self.settings.max_lag_bytes / 2**20)
-            self.producer.poll(0.05)
+            self.outbox.poll(0.05)
             time.sleep(0.05)
         self.stats.backpressure_waits += time.monotonic() - started
 

@@ -1,8 +1,11 @@
 """HTTP push receiver: the Goldmane emitter POSTs ``application/x-ndjson`` flow batches here.
 
 A request is answered 200 only after Kafka confirmed every record of it (flows
-and dead letters), so an emitter that retries on errors loses nothing; 503 when
-the agent cannot confirm them, 413 for bodies above the limit. Requests are
+and dead letters; with a spool, spooled counts as confirmed), so an emitter that
+retries on errors loses nothing; 503 when the agent cannot confirm them, 413 for
+bodies above the limit, 411 without a Content-Length, 400 for a gzip body that
+does not decompress, 415 for other content encodings. Malformed lines are dead
+letters and still get 200 (a retry would not make them valid). Requests are
 read by server threads and published by the caller's thread, one at a time.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -46,17 +50,42 @@ def serve_ndjson(agent: FlowAgent, adapter: LineAdapter, url: str, stop: threadi
                  on_ready=None, confirm_timeout: float = 60.0) -> ReceiverStats:
     """Serve until ``stop`` is set; every POST body is one NDJSON batch of ``adapter``'s format."""
     parsed = urlparse(url)
-    host, port = parsed.hostname or "0.0.0.0", parsed.port or 8080
+    host, port = parsed.hostname or "0.0.0.0", 8080 if parsed.port is None else parsed.port
     inbox: queue.Queue[_Request] = queue.Queue(maxsize=16)  # full: the handlers wait (backpressure)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+            if self.headers.get("Content-Length") is None:
+                # A chunked body would otherwise be read as empty and acknowledged: refuse it instead.
+                self.close_connection = True
+                self._answer(411, {"error": "Content-Length required"})
+                return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
+                self.close_connection = True
                 self._answer(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
                 return
-            req = _Request(self.rfile.read(length))
-            inbox.put(req)
+            body = self.rfile.read(length)
+            encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding == "gzip":
+                try:
+                    inflater = zlib.decompressobj(wbits=31)
+                    body = inflater.decompress(body, MAX_BODY_BYTES + 1)
+                except zlib.error as exc:
+                    self._answer(400, {"error": f"gzip body does not decompress: {exc}"})
+                    return
+                if len(body) > MAX_BODY_BYTES or inflater.unconsumed_tail:
+                    self._answer(413, {"error": f"decompressed body larger than {MAX_BODY_BYTES} bytes"})
+                    return
+            elif encoding != "identity":
+                self._answer(415, {"error": f"unsupported Content-Encoding {encoding}"})
+                return
+            req = _Request(body)
+            try:
+                inbox.put(req, timeout=confirm_timeout)
+            except queue.Full:
+                self._answer(503, {"error": "agent busy (Kafka slow or its spool full); retry later"})
+                return
             if not req.done.wait(confirm_timeout + 5):
                 self._answer(503, {"error": "not confirmed by Kafka in time"})
                 return

@@ -20,7 +20,11 @@ lake_app = typer.Typer(help="Lake maintenance: catalog file for DuckDB tools, co
 
 def _lake_connect(settings: Settings, database: str = ":memory:", read_only: bool = True):
     from pipeline.query.views import connect
+    from pipeline.sink.lake import is_object_store
 
+    if not is_object_store(settings.lake) and not Path(settings.lake).is_dir():
+        # A mistyped --lake would otherwise answer every query with zero rows.
+        raise FileNotFoundError(f"no lake at {settings.lake}: pass --lake DIR (or run `flowctl demo` / `flowctl sink`)")
     return connect(settings.lake, database, s3_endpoint=settings.s3_endpoint, s3_region=settings.s3_region,
                    read_only=read_only)
 

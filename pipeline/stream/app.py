@@ -23,6 +23,7 @@ from pipeline import metrics, topics
 from pipeline.config import Settings
 from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjson
 from pipeline.kafka import LagGuard, group_reader
+from pipeline.logs import build_handler
 from pipeline.stream.enrich import FlowEnricher
 from pipeline.stream.processor import FlowProcessor
 from pipeline.stream.state import WindowStateStore
@@ -42,6 +43,9 @@ def _faust_broker_settings(settings: Settings) -> dict:
     context = None
     if proto in ("SSL", "SASL_SSL"):
         context = ssl.create_default_context(cafile=settings.ssl_ca_location or None)
+        if settings.ssl_certificate_location:  # mutual TLS: the same client certificate as the librdkafka clients
+            context.load_cert_chain(settings.ssl_certificate_location, settings.ssl_key_location or None,
+                                    settings.ssl_key_password or None)
     if proto.startswith("SASL"):
         conf["broker_credentials"] = faust.SASLCredentials(
             username=settings.sasl_username, password=settings.sasl_password,
@@ -237,6 +241,11 @@ def run_worker(settings: Settings) -> None:
     """Run the worker until SIGINT/SIGTERM (blocks; exits the process when done)."""
     app = create_app(settings)
     metrics.serve(settings.metrics_port)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    # Faust replaces the root logger's handlers at start: hand it ours so the format stays the configured one.
+    level = settings.log_level.upper()
+    app.conf.loghandlers = [build_handler(settings, role="worker")]
+    worker = faust.Worker(app, loglevel=level, quiet=True, redirect_stdouts=False,
+                          logging_config={"version": 1, "disable_existing_loggers": False,
+                                          "root": {"level": level, "handlers": []}})
     worker.spinner = None  # a terminal spinner garbles the output of the verbs that start workers
     worker.execute_from_commandline()

@@ -1,5 +1,6 @@
 """Agent fault tests on the embedded broker: every Calico line reaches the lake exactly once
-when the broker goes away for a while and when the agent is killed mid-file and restarted."""
+when the broker goes away for a while (ridden out in the producer's queue, or spooled to disk)
+and when the agent is killed mid-file and restarted."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from pipeline import topics
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.shipper import ship_file
 from pipeline.agent.sources.calico import CalicoAdapter, to_calico_lines
 from pipeline.agent.sources.synthetic import SyntheticCluster
+from pipeline.agent.spool import Spool, SpooledMessage
 from pipeline.agent.tail import Checkpoint, FileTailer
 from pipeline.config import Settings
 from pipeline.query.views import connect, query_table
@@ -128,4 +132,93 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
         stack.wait_until_processed(timeout=240)
         tailer.close()
         agent.close()
+    assert _lake_identity(tmp_path) == _expected(n)
+
+
+def _raw_messages(settings: Settings, limit: int) -> list[SpooledMessage]:
+    """Up to ``limit`` messages already on flows.raw.v1, with their partitions, keys and headers."""
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": "spool-dup-reader", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topics.RAW, p, 0) for p in range(settings.partitions)])
+    out: list[SpooledMessage] = []
+    while len(out) < limit:
+        msg = consumer.poll(2.0)
+        if msg is None:
+            break
+        if msg.error() is None and msg.value():
+            out.append(SpooledMessage(msg.topic(), msg.partition(), msg.key(), msg.value(), tuple(msg.headers() or ())))
+    consumer.close()
+    return out
+
+
+def test_long_outage_spools_to_disk_then_replays_exactly_once(tmp_path: Path) -> None:
+    """Kafka away longer than the spool trigger: batches go to a small on-disk spool, the agent stops
+    reading when it is full, and the replay brings every line to the lake once; replaying batches
+    Kafka already had changes nothing (the worker drops them by batch-id)."""
+    lines, n = _calico_lines(1200, 25, seed=23)
+    log = tmp_path / "flows.log"
+    third = len(lines) // 3
+    log.write_bytes(b"\n".join(lines[:third]) + b"\n")
+    spool_dir = tmp_path / "spool"
+    with LocalStack(_settings(tmp_path), worker=False, sink=False) as stack:
+        settings = stack.settings.with_overrides(agent_spool_after_seconds=2.0, agent_spool_max_bytes=256 << 10)
+        agent = FlowAgent(settings, spool_dir=spool_dir)
+        tailer = FileTailer(log, Checkpoint(tmp_path / "ck.json"), chunk_bytes=256 << 10)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                ship_file(agent, tailer, CalicoAdapter(cluster="it"), follow=True, stop=stop, idle_seconds=0.1)
+            except BaseException as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+        shipper = threading.Thread(target=run)
+        shipper.start()
+        try:
+            while _confirmed(tmp_path / "ck.json") == 0 and shipper.is_alive():
+                time.sleep(0.05)
+            stack.broker.set_broker_down()
+            with log.open("ab") as fh:  # the source keeps writing while Kafka is away
+                fh.write(b"\n".join(lines[third:2 * third]) + b"\n")
+            deadline = time.monotonic() + 60
+            while not agent.spool.full and shipper.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert agent.spool.full, "the outage filled the spool"
+            held = _confirmed(tmp_path / "ck.json")
+            assert held < log.stat().st_size, "a full spool stops the agent reading its source"
+            time.sleep(2)
+            assert _confirmed(tmp_path / "ck.json") == held
+            stack.broker.set_broker_up()
+            stack.start_role("worker")
+            stack.start_role("sink")
+            with log.open("ab") as fh:
+                fh.write(b"\n".join(lines[2 * third:]) + b"\n")
+            size = log.stat().st_size
+            deadline = time.monotonic() + 240
+            while (_confirmed(tmp_path / "ck.json") < size or len(agent.spool)) and shipper.is_alive() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            shipper.join(120)
+        assert not errors, errors
+        assert _confirmed(tmp_path / "ck.json") == size
+        assert agent.outbox.stats.spooled_messages > 0 and agent.outbox.stats.replayed_messages > 0
+        assert len(agent.spool) == 0 and not list(spool_dir.glob("*.spool*")), "the spool is empty afterwards"
+        stack.wait_until_processed(timeout=240)
+        assert _lake_identity(tmp_path) == _expected(n)
+        tailer.close()
+        agent.close()
+
+        # A replay of batches Kafka already had (a crash after delivery, before the spool file was removed).
+        duplicates = _raw_messages(settings, 40)
+        assert duplicates
+        spool = Spool(spool_dir, 1 << 30)
+        spool.append(duplicates)
+        spool.close()
+        again = FlowAgent(settings, spool_dir=spool_dir)
+        again.finish()
+        assert again.outbox.stats.replayed_messages == len(duplicates) and len(again.spool) == 0
+        again.close()
+        stack.wait_until_processed(timeout=240)
     assert _lake_identity(tmp_path) == _expected(n)

@@ -101,19 +101,14 @@ class LineAdapter(ABC):
         """Map lines (without their newline); rejects carry ``row`` = line number (``first_line`` + index)."""
         rejects: list[Reject] = []
         skipped = 0
-        groups: dict[int, list[int]] = {}
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            if len(line) > self.max_line_bytes:
-                rejects.append(long_line_reject(line, self.max_line_bytes, first_line + i))
-                continue
-            try:
-                d = self.dialect(line)
-            except Exception:  # a dialect probe must not decide the fate of a record; the schema will
-                d = 0
-            groups.setdefault(d, []).append(i)
-        nonblank = sum(1 for line in lines if line.strip())
+        groups: dict[int, Sequence[int]] = {}
+        if self._one_dialect and _plain_lines(lines, self.max_line_bytes):
+            nonblank = len(lines)
+            if nonblank:
+                groups[0] = range(nonblank)
+        else:
+            groups = self._group(lines, first_line, rejects)
+            nonblank = sum(1 for line in lines if line.strip())
         tables: list[pa.Table] = []
         origins: list[np.ndarray] = []
         for dialect, idx in sorted(groups.items()):
@@ -159,6 +154,26 @@ class LineAdapter(ABC):
         rejects.sort(key=lambda r: r.row or 0)
         return SourceBatch(out, rejects, lines=nonblank, skipped=skipped)
 
+    @property
+    def _one_dialect(self) -> bool:
+        return len(self.raw_schemas) == 1 and type(self).dialect is LineAdapter.dialect
+
+    def _group(self, lines: Sequence[bytes], first_line: int, rejects: list[Reject]) -> dict[int, Sequence[int]]:
+        """Indices of the non-blank lines per dialect; over-long lines become rejects."""
+        groups: dict[int, list[int]] = {}
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            if len(line) > self.max_line_bytes:
+                rejects.append(long_line_reject(line, self.max_line_bytes, first_line + i))
+                continue
+            try:
+                d = self.dialect(line)
+            except Exception:  # a dialect probe must not decide the fate of a record; the schema will
+                d = 0
+            groups.setdefault(d, []).append(i)
+        return groups
+
     def _finish(self, n: int, mapped: Mapped, where: np.ndarray, lines: Sequence[bytes],
                 first_line: int) -> tuple[pa.Table, np.ndarray, list[Reject], int]:
         table = canonical_table(mapped.columns, n, self.cluster)
@@ -199,10 +214,11 @@ class LineAdapter(ABC):
             return None, np.zeros(0, np.int64), rejects, skipped
         return pa.concat_tables(tables), np.concatenate(keep), rejects, skipped
 
-    def _read(self, lines: Sequence[bytes], idx: list[int], schema: pa.Schema
-              ) -> tuple[list[tuple[pa.Table, list[int]]], list[tuple[int, str]]]:
+    def _read(self, lines: Sequence[bytes], idx: Sequence[int], schema: pa.Schema
+              ) -> tuple[list[tuple[pa.Table, Sequence[int]]], list[tuple[int, str]]]:
         """Parse the lines at ``idx``; returns (tables with the line indices of their rows, bad lines with reasons)."""
-        table = _read_block(b"\n".join(lines[i] for i in idx), schema, len(idx))
+        whole = isinstance(idx, range) and len(idx) == len(lines)
+        table = _read_block(b"\n".join(lines if whole else (lines[i] for i in idx)), schema, len(idx))
         if table is not None:
             return [(table, idx)], []
         if len(idx) <= _PER_LINE:
@@ -239,8 +255,17 @@ class LineAdapter(ABC):
         return None, reason
 
 
+def _plain_lines(lines: Sequence[bytes], limit: int) -> bool:
+    """The common case, checked without a Python loop per line: no blank and no over-long line."""
+    try:
+        return all(map(bytes.strip, lines)) and max(map(len, lines), default=0) <= limit
+    except TypeError:  # not bytes (a bytearray or memoryview): the per-line path handles it
+        return False
+
+
 def _read_strict(block: bytes, schema: pa.Schema, rows: int = 1) -> pa.Table:
-    block.decode("utf-8")  # Arrow's reader does not validate UTF-8
+    if not block.isascii():
+        block.decode("utf-8")  # Arrow's reader does not validate UTF-8
     table = pj.read_json(io.BytesIO(block), read_options=_read_options(len(block)),
                          parse_options=_parse_options(schema))
     if table.num_rows != rows:
