@@ -134,6 +134,7 @@ def agent(
     (AGENT_SPOOL_DIR, else STATE_DIR/spool) and are replayed in order when Kafka is back.
     """
     from pipeline.agent.agent import FlowAgent
+    from pipeline.agent.publisher import PublishStopped
 
     kind, _, target = source.partition(":")
     if source == "synthetic":
@@ -198,6 +199,8 @@ def agent(
                 tailer.close()
             err.print(f"{stats.lines:,} records read from {path}: {stats.published:,} published, "
                       f"{stats.rejected:,} dead-lettered, {stats.skipped:,} skipped (replies); checkpoint {ckpt}")
+    except PublishStopped as exc:
+        err.print(f"{exc}; what was not published is read again by the next run")
     finally:
         flow_agent.close()
 

@@ -31,6 +31,10 @@ class PublishError(RuntimeError):
     """Kafka did not confirm some batches; nothing may be reported as delivered."""
 
 
+class PublishStopped(Exception):
+    """The agent was told to stop while it waited for the worker; the rest of the table was not published."""
+
+
 def producer_config(settings: Settings, delivery_timeout: float = 300.0) -> dict[str, object]:
     """``delivery_timeout``: seconds before an unconfirmed message fails (and, with a spool, is spooled)."""
     return {
@@ -238,6 +242,9 @@ class BatchPublisher:
                 continue
             if lag <= self.settings.max_lag_bytes:
                 break
+            if self.outbox.giving_up():
+                # Nothing past this point was produced, so no checkpoint covers it: a restart reads it again.
+                raise PublishStopped("stopped while waiting for the worker to catch up")
             if time.monotonic() - warned > 30:
                 warned = time.monotonic()
                 log.warning("waiting for the worker: %.1f MiB unconsumed on one partition of %s (limit %.1f MiB)",

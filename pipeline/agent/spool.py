@@ -360,7 +360,7 @@ class Outbox:
 
     def _wait_for_spool_room(self) -> None:
         started = time.monotonic()
-        while self.spool.full and self.state != DIRECT and not self._giving_up():
+        while self.spool.full and self.state != DIRECT and not self.giving_up():
             now = time.monotonic()
             if now - self._warned_full > 30:
                 self._warned_full = now
@@ -369,7 +369,7 @@ class Outbox:
             self.poll(0.2)
         self.stats.spool_waits += time.monotonic() - started
 
-    def _giving_up(self) -> bool:
+    def giving_up(self) -> bool:
         return self.give_up is not None and self.give_up.is_set()
 
     def _serve(self, timeout: float) -> None:
@@ -468,7 +468,7 @@ class Outbox:
             if self.spool is None or (self.state == DIRECT and not self._to_spool
                                       and not any(len(p) for p in self.producers.values())):
                 return True
-            if time.monotonic() > deadline or (self.state != DIRECT and self._giving_up()):
+            if time.monotonic() > deadline or (self.state != DIRECT and self.giving_up()):
                 return False
 
     def raise_failures(self, error: type[Exception]) -> None:

@@ -222,3 +222,38 @@ def test_long_outage_spools_to_disk_then_replays_exactly_once(tmp_path: Path) ->
         again.close()
         stack.wait_until_processed(timeout=240)
     assert _lake_identity(tmp_path) == _expected(n)
+
+
+def test_agent_stops_on_sigterm_while_waiting_for_a_stopped_worker(tmp_path: Path) -> None:
+    """On the embedded broker the agent waits for its consumer; SIGTERM must end that wait, not hang."""
+    from pipeline.broker.embedded import EmbeddedBroker
+    from pipeline.kafka import end_offsets, group_reader
+
+    with EmbeddedBroker() as broker:
+        broker.create_topics(topics.topic_specs(2, 1))
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, broker_kind="embedded", partitions=2,
+                            state_dir=str(tmp_path / "state"), max_lag_bytes=512 * 1024)
+        cmd = [sys.executable, "-m", "pipeline.cli", "agent", "--rate", "20000", "--since", "-2h"]
+        proc = subprocess.Popen(cmd, env={**os.environ, **settings_env(settings)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        reader = group_reader(settings, "probe")
+        try:
+            deadline, published = time.monotonic() + 60, -1
+            while time.monotonic() < deadline:  # no worker consumes: the raw topic stops growing at the lag limit
+                time.sleep(2)
+                now = sum(end_offsets(reader, topics.RAW).values())
+                if now == published and now > 0:
+                    break
+                published = now
+            assert proc.poll() is None, proc.stderr.read()
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            assert time.monotonic() - started < 15, "the wait for the worker ends on SIGTERM"
+        finally:
+            reader.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopped while waiting for the worker" in err
