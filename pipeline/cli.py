@@ -316,7 +316,7 @@ def demo(
 @app.command()
 def bench(
     ctx: typer.Context,
-    name: str = typer.Argument("e2e", help="Benchmark: e2e, stream, agent, sink, query, detect or recommend."),
+    name: str = typer.Argument("e2e", help="Benchmark: e2e, stream, agent, sink, freshness, query, detect or recommend."),
     flows: int = typer.Option(1_000_000, help="Flow records to push through."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per figure."),
 ) -> None:
@@ -338,6 +338,7 @@ def up(
     seed: int = typer.Option(7, help="synthetic: random seed."),
     detect_interval: str = typer.Option("5m", help="Run anomaly detection this often (empty: never)."),
     recommend_interval: str = typer.Option("1h", help="Run policy recommendation this often (empty: never)."),
+    compact_interval: str = typer.Option("1h", help="Compact the lake's finished hours this often (empty: never)."),
     output: Path = typer.Option(Path("policies"), help="Where recommend writes its YAML and reports."),
     duration: str | None = typer.Option(None, help="Stop after this long (e.g. 10m); default: until Ctrl-C."),
     view: bool = typer.Option(True, help="Live terminal view; --no-view prints one JSON stats line per --stats-every."),
@@ -349,7 +350,8 @@ def up(
     if detect_interval:
         parse_duration(detect_interval)
     stack = Stack(_settings(ctx), source, rate, seed, detect_interval,
-                  parse_duration(recommend_interval) if recommend_interval else 0.0, output)
+                  parse_duration(recommend_interval) if recommend_interval else 0.0, output,
+                  parse_duration(compact_interval) if compact_interval else 0.0)
     stack.start()
     stack.run(parse_duration(duration) if duration else None, Console(), view, stats_every)
 

@@ -10,6 +10,7 @@ lets the worker and sink drain and commit, then stops everything.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,8 @@ from pipeline.agent.live import publish_live
 from pipeline.config import Settings
 from pipeline.kafka import committed_offsets, end_offsets, group_reader
 from pipeline.runner import LocalStack, role_env, write_broker_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,13 +86,14 @@ class RealtimeSyntheticAgent(threading.Thread):
 
 class Stack:
     def __init__(self, settings: Settings, source: str, rate: float, seed: int, detect_interval: str,
-                 recommend_interval: float, output: Path) -> None:
+                 recommend_interval: float, output: Path, compact_interval: float = 0.0) -> None:
         self.settings = settings
         self.source = source
         self.rate = rate
         self.seed = seed
         self.detect_interval = detect_interval
         self.recommend_interval = recommend_interval
+        self.compact_interval = compact_interval
         self.output = output
         self.local = LocalStack(settings)
         self.agent: RealtimeSyntheticAgent | None = None
@@ -111,18 +115,28 @@ class Stack:
         if self.detect_interval:
             self._spawn("detect", ["detect", "--interval", self.detect_interval])
         if self.recommend_interval:
-            threading.Thread(target=self._recommend_loop, name="recommend", daemon=True).start()
+            args = ["recommend", "--since", f"-{int(self.recommend_interval)}s", "--until", "now",
+                    "--output", str(self.output)]
+            threading.Thread(target=self._every, args=(self.recommend_interval, args), name="recommend",
+                             daemon=True).start()
+        if self.compact_interval:
+            # The sink writes a file per partition per flush; merging finished hours keeps readers' memory flat.
+            threading.Thread(target=self._every, args=(self.compact_interval, ["lake", "compact", "--min-age", "1h"]),
+                             name="compact", daemon=True).start()
+
+    def _every(self, interval: float, args: list[str]) -> None:
+        """Run `flowctl ARGS` every ``interval`` seconds until stopped; a failed run is logged, the next one still runs."""
+        env = role_env(self.settings, args[0])
+        while not self.stop_event.wait(interval):
+            done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, check=False)
+            if done.returncode:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                log.error("flowctl %s failed (exit %d): %s", args[0], done.returncode, last)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         self.local.procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args],
                                                   env=role_env(self.settings, name), stdin=subprocess.DEVNULL)
-
-    def _recommend_loop(self) -> None:
-        env = role_env(self.settings, "recommend")
-        while not self.stop_event.wait(self.recommend_interval):
-            subprocess.run([sys.executable, "-m", "pipeline.cli", "recommend", "--since", f"-{int(self.recommend_interval)}s",
-                            "--until", "now", "--output", str(self.output)], env=env, stdin=subprocess.DEVNULL,
-                           capture_output=True, check=False)
 
     def snapshot(self, reader) -> Snapshot:
         ends = {t: sum(end_offsets(reader, t).values()) for t in (topics.RAW, topics.ENRICHED, topics.WINDOWED,
