@@ -149,3 +149,12 @@ def test_remove_temporary_only_touches_its_topic_partition(lake, tmp_path):
     assert all(p.exists() for p in others)
     assert (hour / f"{TOPIC}+0+0+9.parquet").exists()
     assert lake.remove_temporary("flows", TOPIC, 0) == 0
+
+
+def test_flat_columns_carry_statistics_for_pruning_nested_ones_do_not(lake, tmp_path):
+    table = flows([T0, T0 + 60]).append_column("labels", pa.array([{"app": "a"}, {}], pa.map_(pa.string(), pa.string())))
+    (path,) = lake.write("flows", TOPIC, 0, 0, 1, table)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    stats = {meta.column(i).path_in_schema: meta.column(i).statistics for i in range(meta.num_columns)}
+    assert (stats["end_time"].min, stats["end_time"].max) == (T0, T0 + 60)
+    assert all(s is None or not s.has_min_max for name, s in stats.items() if name.startswith("labels"))

@@ -26,63 +26,6 @@ def _enriched_batches(flows: int, batch_rows: int = 2000):
         yield enricher.enrich(table, batch_id=f"bench-{i}")
 
 
-def bench_sink(settings: Settings, flows: int, console: Console) -> Figures:
-    """Rows/s from flows.enriched.v1 (Arrow batches of 2,000 rows, as the worker writes them) to committed Parquet.
-
-    The topic is filled first (with enough partitions that the embedded broker, which keeps
-    ~5 MiB per partition, drops nothing), then a `flowctl sink` process is started; the clock
-    runs from its start (process start-up and group join included) until it has committed
-    every offset. Backpressure between stages is left out on purpose: it measures the broker's
-    retention, not the sink.
-    """
-    from confluent_kafka import Producer
-
-    from pipeline import topics
-    from pipeline.envelope import ARROW, Envelope, encode_arrow
-    from pipeline.kafka import end_offsets, group_reader, wait_for_group
-    from pipeline.query.views import connect
-    from pipeline.runner import LocalStack
-
-    console.print(f"bench sink: enriching {flows:,} synthetic flows …")
-    messages = []
-    rows = 0
-    for i, table in enumerate(_enriched_batches(flows)):
-        env = Envelope("flow_enriched", "1", ARROW, table.num_rows, "bench", f"bench-{i}")
-        messages.append((encode_arrow(table), env.headers()))
-        rows += table.num_rows
-    wire = sum(len(m[0]) for m in messages)
-    partitions = max(settings.partitions, -(-wire // (3 * 1024 * 1024)))
-    with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as tmp:
-        run = settings.with_overrides(lake=str(Path(tmp) / "lake"), state_dir=str(Path(tmp) / "state"), partitions=partitions)
-        with LocalStack(run, worker=False, sink=False) as stack:
-            producer = Producer({**stack.settings.kafka_client_config(), "linger.ms": 5, "compression.type": "none"})
-            for i, (value, headers) in enumerate(messages):
-                producer.produce(topics.ENRICHED, value=value, headers=headers, partition=i % partitions)
-                producer.poll(0)
-            producer.flush(60)
-            del producer  # release the client before the broker stops
-            reader = group_reader(stack.settings, "bench-probe")
-            targets = {topics.ENRICHED: end_offsets(reader, topics.ENRICHED)}
-            reader.close()
-            console.print(f"bench sink: {rows:,} rows in {len(messages):,} messages on {partitions} partitions; starting the sink")
-            started = time.perf_counter()
-            stack.start_role("sink")
-            wait_for_group(stack.settings, stack.settings.sink_group, targets, timeout=600, what="sink")
-            seconds = time.perf_counter() - started
-        in_lake = connect(run.lake).execute("SELECT count(*) FROM flows").fetchall()[0][0]
-        files = len(list((Path(tmp) / "lake" / "flows").rglob("*.parquet")))
-    if in_lake != rows:
-        raise RuntimeError(f"bench sink lost data: {rows} rows produced, {in_lake} in the lake")
-    return [
-        ("sink", "rows", float(rows), "rows"),
-        ("sink", "throughput", rows / seconds, "rows/s"),
-        ("sink", "seconds", seconds, "s"),
-        ("sink", "wire_bytes_per_row", wire / rows, "B"),
-        ("sink", "partitions", float(partitions), "partitions"),
-        ("sink", "files", float(files), "files"),
-    ]
-
-
 def bench_query(settings: Settings, flows: int, console: Console) -> Figures:
     """Each saved query over a lake of ``flows`` synthetic flows (built with the real enricher and writer)."""
     from pipeline.query.samplelake import build_sample_lake

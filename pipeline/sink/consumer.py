@@ -4,30 +4,41 @@ Durability is decided in one place, :meth:`LakeSink.flush`: write the files,
 rename them, then commit the offsets. On (re)assignment the position comes
 from the lake itself: the newest file range of each partition is replayed to
 exactly the same last offset, so a crash between renames heals itself.
+
+A write that fails (disk full, permissions, object store errors) commits
+nothing: the partition keeps its buffer, is paused, and the same offsets are
+written again after a backoff, so nothing is lost once the fault clears.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline import metrics, topics
 from pipeline.config import Settings
 from pipeline.conform import parse_ndjson
 from pipeline.envelope import ARROW, Envelope, EnvelopeError, decode_arrow, split_ndjson
 from pipeline.schema import arrow_schema
-from pipeline.sink.lake import ParquetLakeWriter
+from pipeline.sink.lake import LakeWriteError, ParquetLakeWriter
 
 log = logging.getLogger(__name__)
 
 SINK_TOPICS = (topics.ENRICHED, topics.WINDOWED, topics.DLQ)
 SCHEMA_OF_TABLE = {"flows": "flow_enriched.v1", "flow_windows": "flow_window.v1", "dlq": "dlq_record.v1"}
+# Decoding and Parquet encoding release the GIL; a thread per core runs them side by side.
+THREADS = max(2, min(4, os.cpu_count() or 2))
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass
@@ -39,6 +50,8 @@ class PartitionBuffer:
     since: float = 0.0
     replay_until: int = -1  # after a restart: flush exactly at this offset to rewrite the same file names
     replay_from: int = -1  # first offset of the replayed range
+    failures: int = 0  # consecutive failed writes of this buffer
+    retry_at: float = 0.0
 
     def add(self, offset: int, table: pa.Table | None) -> None:
         if self.first < 0:
@@ -60,17 +73,21 @@ class SinkStats:
     undecodable: int = 0
     offset_gaps: int = 0
     lost_messages: int = 0
+    write_errors: int = 0
 
 
 class LakeSink:
-    def __init__(self, settings: Settings, consumer_overrides: dict | None = None) -> None:
+    def __init__(self, settings: Settings, consumer_overrides: dict | None = None,
+                 writer: ParquetLakeWriter | None = None) -> None:
         self.settings = settings
-        self.writer = ParquetLakeWriter.from_settings(settings)
+        self.writer = writer or ParquetLakeWriter.from_settings(settings)
         self.stats = SinkStats()
         self.buffers: dict[tuple[str, int], PartitionBuffer] = {}
         self.next_offset: dict[tuple[str, int], int] = {}
         self._seen_batches: dict[str, None] = {}
         self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="sink")
+        self._schemas = {table: arrow_schema(name) for table, name in SCHEMA_OF_TABLE.items()}
         self.consumer = Consumer({
             **settings.kafka_client_config(),
             "group.id": settings.sink_group,
@@ -78,6 +95,7 @@ class LakeSink:
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
             **(consumer_overrides or {}),
         })
 
@@ -118,17 +136,17 @@ class LakeSink:
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            if key in self.buffers:
-                self.flush(key, force=True)
-                del self.buffers[key]
+        keys = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self.buffers]
+        self.flush(keys, force=True)
+        for key in keys:
+            # Whatever is still unwritten (a failing write) is the next owner's: it starts from the commit.
+            del self.buffers[key]
 
     # -- consuming ----------------------------------------------------------
 
-    def _decode(self, topic: str, value: bytes, headers) -> pa.Table | None:
+    def _wanted(self, topic: str, headers) -> Envelope | None:
+        """The message's envelope, or None for a batch already consumed (a producer retry)."""
         env = Envelope.from_headers(headers)
-        table_name = topics.TABLE_OF_TOPIC[topic]
         if topic in (topics.ENRICHED, topics.WINDOWED) and env.batch_id:
             if env.batch_id in self._seen_batches:
                 self.stats.duplicates += 1
@@ -138,16 +156,30 @@ class LakeSink:
             if len(self._seen_batches) > 200_000:
                 for old in list(self._seen_batches)[:20_000]:
                     del self._seen_batches[old]
+        return env
+
+    def _decode(self, topic: str, value: bytes | None, env: Envelope) -> pa.Table | None:
         if not value:
             return None
+        table_name = topics.TABLE_OF_TOPIC[topic]
         if env.content_type == ARROW:
             table = decode_arrow(value)
-            return table.cast(arrow_schema(SCHEMA_OF_TABLE[table_name]))
+            schema = self._schemas[table_name]
+            return table if table.schema.equals(schema) else table.cast(schema)
         result = parse_ndjson(split_ndjson(value), SCHEMA_OF_TABLE[table_name])
         if result.rejects:
             raise EnvelopeError(f"{len(result.rejects)} records do not fit {SCHEMA_OF_TABLE[table_name]}: "
                                 f"{result.rejects[0].reason}")
         return result.table
+
+    def _decode_safely(self, job: tuple[Message, Envelope | None]) -> pa.Table | Exception | None:
+        msg, env = job
+        if env is None:
+            return None
+        try:
+            return self._decode(msg.topic(), msg.value(), env)
+        except (EnvelopeError, pa.ArrowException) as exc:
+            return exc
 
     def _check_gap(self, key: tuple[str, int], offset: int) -> None:
         expected = self.next_offset.get(key)
@@ -163,6 +195,7 @@ class LakeSink:
 
     def poll_once(self, timeout: float = 0.2) -> int:
         msgs = self.consumer.consume(num_messages=1000, timeout=timeout)
+        jobs: list[tuple[Message, Envelope | None]] = []
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -173,68 +206,148 @@ class LakeSink:
                 log.warning("consumer error: %s", err)
                 continue
             key = (msg.topic(), msg.partition())
-            buf = self.buffers.get(key)
-            if buf is None:
+            if key not in self.buffers:
                 continue
             self._check_gap(key, msg.offset())
-            try:
-                table = self._decode(msg.topic(), msg.value(), msg.headers())
-            except (EnvelopeError, pa.ArrowException) as exc:
+            jobs.append((msg, self._wanted(msg.topic(), msg.headers())))
+        # Decoded side by side; buffered in offset order.
+        rewound: set[tuple[str, int]] = set()
+        for (msg, _), table in zip(jobs, self._pool.map(self._decode_safely, jobs), strict=True):
+            key = (msg.topic(), msg.partition())
+            if self.buffers[key].replay_until >= 0 and msg.offset() > self.buffers[key].replay_until:
+                if key not in rewound and not self._finish_replay(key, msg.offset()):
+                    rewound.add(key)
+                if key in rewound:
+                    continue
+            if isinstance(table, Exception):
                 # Our own worker wrote this; a message we cannot read is a bug to report, not to drop quietly.
                 self.stats.undecodable += 1
-                log.error("cannot decode %s[%d]@%d, skipped: %s", key[0], key[1], msg.offset(), exc)
+                log.error("cannot decode %s[%d]@%d, skipped: %s", key[0], key[1], msg.offset(), table)
                 table = None
-            buf.add(msg.offset(), table)
+            self.buffers[key].add(msg.offset(), table)
             self.stats.messages += 1
         self.flush_due()
         return len(msgs)
 
+    def _finish_replay(self, key: tuple[str, int], offset: int) -> bool:
+        """Write a replayed range before buffering ``offset``, past its end; False if that write failed.
+
+        A poll can bring offsets beyond the replayed range; buffered together they would be written
+        under a larger name than the file being replaced. On failure the partition is read again from
+        ``offset`` once the write succeeds.
+        """
+        buf = self.buffers[key]
+        if buf.first < 0:
+            log.error("%s[%d]: cannot replay offsets %d..%d, Kafka no longer has them; keeping the lake's files "
+                      "of that range as they are", key[0], key[1], buf.replay_from, buf.replay_until)
+            self.buffers[key] = PartitionBuffer()
+            return True
+        if 0 <= buf.last < buf.replay_until:
+            buf.replay_until = buf.last  # offsets missing at the end (a gap): the shorter file is covered, never read twice
+        self.flush([key])
+        if self.buffers[key].replay_until < 0:
+            return True
+        self.consumer.seek(TopicPartition(key[0], key[1], offset))
+        self.next_offset[key] = offset
+        return False
+
+    def _due(self, buf: PartitionBuffer, now: float) -> bool:
+        if buf.first < 0 or (buf.failures and now < buf.retry_at):
+            return False
+        if buf.replay_until >= 0:
+            return buf.last >= buf.replay_until
+        return (buf.failures > 0 or buf.rows >= self.settings.sink_flush_rows
+                or now - buf.since >= self.settings.sink_flush_seconds)
+
     def flush_due(self) -> None:
         now = time.monotonic()
-        for key, buf in list(self.buffers.items()):
-            if buf.first < 0:
-                continue
-            if buf.replay_until >= 0:
-                if buf.last >= buf.replay_until:
-                    self.flush(key)
-                continue
-            if buf.rows >= self.settings.sink_flush_rows or now - buf.since >= self.settings.sink_flush_seconds:
-                self.flush(key)
+        due = [key for key, buf in self.buffers.items() if self._due(buf, now)]
+        if due:
+            self.flush(due)
 
-    def flush(self, key: tuple[str, int], force: bool = False) -> None:
-        """Write the partition's buffer to the lake, rename, then commit its offsets."""
-        buf = self.buffers.get(key)
-        if buf is None or buf.first < 0:
-            return
-        if buf.replay_until >= 0 and buf.last < buf.replay_until:
-            if force:
-                # A partial replay would name a file differently from the one it replaces: leave it
-                # to the next owner of the partition, which replays the whole range again.
-                self.buffers[key] = PartitionBuffer(replay_until=buf.replay_until)
-            return
+    # -- durability ----------------------------------------------------------
+
+    def _write(self, key: tuple[str, int]) -> tuple[list[str], int] | LakeWriteError:
+        """Write one partition's buffer as lake files; runs on the pool, so it only touches that buffer."""
         topic, partition = key
-        if buf.replay_until >= 0 and buf.first > buf.replay_from:
-            # The start of the range is no longer in Kafka (retention): a partial rewrite would name a file
-            # differently and double the rows of the one already there. Keep the lake's files as they are.
-            log.error("%s[%d]: cannot replay offsets %d..%d, Kafka no longer has %d..%d; keeping the lake's files "
-                      "of that range as they are (parts of it that were never renamed are lost)",
-                      topic, partition, buf.replay_from, buf.replay_until, buf.replay_from, buf.first - 1)
-            buf.tables.clear()
-        if buf.tables:
-            table = pa.concat_tables(buf.tables)
+        buf = self.buffers[key]
+        if not buf.tables:
+            return [], 0
+        table = pa.concat_tables(buf.tables)
+        try:
             paths = self.writer.write(topics.TABLE_OF_TOPIC[topic], self.file_topic(topic), partition,
                                       buf.first, buf.last, table)
+        except LakeWriteError as exc:
+            return exc
+        return paths, table.num_rows
+
+    def flush(self, keys: Sequence[tuple[str, int]], force: bool = False) -> None:
+        """Write the partitions' buffers to the lake (renamed into place), then commit their offsets.
+
+        A partition whose write fails is not committed: it keeps its buffer, is paused, and is
+        written again after a backoff.
+        """
+        ready: list[tuple[str, int]] = []
+        for key in keys:
+            buf = self.buffers.get(key)
+            if buf is None or buf.first < 0:
+                continue
+            if buf.replay_until >= 0 and buf.last < buf.replay_until:
+                if force:
+                    # A partial replay would name a file differently from the one it replaces: leave it
+                    # to the next owner of the partition, which replays the whole range again.
+                    self.buffers[key] = PartitionBuffer(replay_until=buf.replay_until)
+                continue
+            if buf.replay_until >= 0 and buf.first > buf.replay_from:
+                # The start of the range is no longer in Kafka (retention): a partial rewrite would name a file
+                # differently and double the rows of the one already there. Keep the lake's files as they are.
+                log.error("%s[%d]: cannot replay offsets %d..%d, Kafka no longer has %d..%d; keeping the lake's "
+                          "files of that range as they are (parts of it that were never renamed are lost)",
+                          key[0], key[1], buf.replay_from, buf.replay_until, buf.replay_from, buf.first - 1)
+                buf.tables.clear()
+            ready.append(key)
+        commits: list[TopicPartition] = []
+        for key, result in zip(ready, self._pool.map(self._write, ready), strict=True):
+            topic, partition = key
+            table_name = topics.TABLE_OF_TOPIC[topic]
+            buf = self.buffers[key]
+            if isinstance(result, LakeWriteError):
+                self._write_failed(key, buf, result)
+                continue
+            paths, rows = result
             self.stats.files += len(paths)
-            self.stats.rows += table.num_rows
-            metrics.SINK_FILES.labels(topics.TABLE_OF_TOPIC[topic]).inc(len(paths))
-            metrics.SINK_ROWS.labels(topics.TABLE_OF_TOPIC[topic]).inc(table.num_rows)
-        self.consumer.commit(offsets=[TopicPartition(topic, partition, buf.last + 1)], asynchronous=False)
-        self.stats.flushes += 1
-        self.buffers[key] = PartitionBuffer()
+            self.stats.rows += rows
+            metrics.SINK_FILES.labels(table_name).inc(len(paths))
+            metrics.SINK_ROWS.labels(table_name).inc(rows)
+            if buf.failures:
+                log.warning("%s[%d]: lake write succeeded after %d failed attempts; resuming", topic, partition,
+                            buf.failures)
+                self.consumer.resume([TopicPartition(topic, partition)])
+            commits.append(TopicPartition(topic, partition, buf.last + 1))
+            self.buffers[key] = PartitionBuffer()
+        if commits:
+            try:
+                self.consumer.commit(offsets=commits, asynchronous=False)
+            except KafkaException as exc:
+                # The files are in place; a later commit covers these offsets, a restart replays the same names.
+                log.warning("commit of %d partitions failed, the next flush commits them: %s", len(commits), exc)
+            self.stats.flushes += 1
+
+    def _write_failed(self, key: tuple[str, int], buf: PartitionBuffer, exc: LakeWriteError) -> None:
+        topic, partition = key
+        if not buf.failures:
+            # Stop fetching: the buffer waits for the lake instead of growing without bound.
+            self.consumer.pause([TopicPartition(topic, partition)])
+        buf.failures += 1
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (buf.failures - 1))
+        buf.retry_at = time.monotonic() + delay
+        self.stats.write_errors += 1
+        metrics.SINK_WRITE_ERRORS.labels(topics.TABLE_OF_TOPIC[topic]).inc()
+        log.error("LAKE WRITE FAILED for %s[%d] offsets %d..%d (attempt %d), nothing committed; partition paused, "
+                  "retrying in %.1fs: %s", topic, partition, buf.first, buf.last, buf.failures, delay, exc)
 
     def flush_all(self) -> None:
-        for key in list(self.buffers):
-            self.flush(key, force=True)
+        self.flush(list(self.buffers), force=True)
 
     def run(self, stop: threading.Event | None = None, install_signals: bool = False) -> SinkStats:
         stop = stop or self._stop
@@ -248,6 +361,7 @@ class LakeSink:
             self.flush_all()
         finally:
             self.consumer.close()
+            self._pool.shutdown()
         return self.stats
 
     def stop(self) -> None:

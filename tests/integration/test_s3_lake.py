@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipeline.query.saved import run_saved
 from pipeline.query.views import connect
 from pipeline.runner import LocalStack
 from pipeline.sink.lake import FileRange, ParquetLakeWriter
+from tests.integration.test_sink_faults import enriched_batches, lake_rows, run_through_fault, truth
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +133,82 @@ def test_sink_writes_to_s3_exactly_once(s3_endpoint, bucket, tmp_path: Path) -> 
     assert con.execute("SELECT count(*) FROM flows").fetchall() == [(published,)]
     talkers = run_saved(con, "top-talkers", T0, T0 + 3600).to_pylist()
     assert talkers and sum(r["flows"] for r in talkers) > 0
+
+
+class FlakyS3Proxy:
+    """A TCP proxy in front of the S3 server; while failing it answers every request with HTTP 500
+    and cuts the connections it carries (the store is not ours, so the fault goes at its boundary)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.target = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.failing = False
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        if self.failing:
+            with client:
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        upstream = socket.create_connection(self.target)
+        self.open += [client, upstream]
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def fail(self) -> None:
+        self.failing = True
+        for s in self.open:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.open.clear()
+
+    def heal(self) -> None:
+        self.failing = False
+
+    def close(self) -> None:
+        self.fail()
+        self.listener.close()
+
+
+def test_s3_errors_stop_commits_and_lose_nothing_once_the_store_answers(s3_endpoint, bucket, tmp_path: Path) -> None:
+    proxy = FlakyS3Proxy(s3_endpoint)
+    tables = enriched_batches(rows=20_000, batch_rows=500, seed=7)
+    settings = Settings(lake=bucket, state_dir=str(tmp_path / "state"), partitions=3, sink_flush_seconds=0.2,
+                        s3_endpoint=proxy.endpoint, s3_region="us-east-1")
+    direct = ParquetLakeWriter(bucket, s3_endpoint=s3_endpoint, s3_region="us-east-1")
+    try:
+        with LocalStack(settings, worker=False, sink=False) as stack:
+            writer = ParquetLakeWriter.from_settings(stack.settings)
+            problems = list(run_through_fault(stack.settings, writer, proxy.fail, proxy.heal,
+                                              lambda: [f.path for f in direct.lake_files("flows")], tables))
+    finally:
+        proxy.close()
+    assert problems == []
+    assert lake_rows(bucket, s3_endpoint=s3_endpoint, s3_region="us-east-1") == truth(tables)
