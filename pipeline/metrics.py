@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ SINK_ROWS = Counter("flowctl_sink_rows", "Rows committed to the lake", ["table"]
 SINK_FILES = Counter("flowctl_sink_files", "Parquet files committed to the lake", ["table"])
 SINK_DUPLICATES = Counter("flowctl_sink_duplicate_batches", "Redelivered batches the sink dropped by batch-id")
 SINK_WRITE_ERRORS = Counter("flowctl_sink_write_errors", "Lake writes that failed and will be retried", ["table"])
+AGENT_READ = Counter("flowctl_agent_records_read", "Records the agent read from a file or HTTP source", ["source"])
+AGENT_SOURCE_LAG = Gauge("flowctl_agent_source_lag_bytes", "Bytes of the followed flow-log files not yet confirmed by Kafka")
+AGENT_DELIVERY = Histogram("flowctl_agent_delivery_seconds", "Time from producing a batch to Kafka's confirmation",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 AGENT_PUBLISHED = Counter("flowctl_agent_records_published", "Flow records the agent published")
 AGENT_REJECTED = Counter("flowctl_agent_records_rejected", "Records the agent dead-lettered")
 AGENT_BATCHES = Counter("flowctl_agent_batches", "Batches the agent published")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from pipeline import topics
+from pipeline import metrics, topics
 from pipeline.agent.spool import DIRECT, Outbox
 from pipeline.config import Settings
 from pipeline.envelope import ARROW, Envelope, encode_arrow, new_batch_id
@@ -152,8 +152,10 @@ class BatchPublisher:
         sent = time.monotonic()
 
         def on_success() -> None:
+            took = time.monotonic() - sent
+            metrics.AGENT_DELIVERY.observe(took)
             if len(self.stats.delivery_seconds) < 10_000:
-                self.stats.delivery_seconds.append(time.monotonic() - sent)
+                self.stats.delivery_seconds.append(took)
 
         self.outbox.send(self.topic, value, key, partition, headers, on_success)
 

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import orjson
 
+from pipeline import metrics
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.publisher import PublishError
 from pipeline.agent.sources.base import LineAdapter
@@ -131,6 +132,7 @@ def serve_ndjson(agent: FlowAgent, adapter: LineAdapter, url: str, stop: threadi
                 waiting.append((agent.tracker.issued, req))
                 stats.requests += 1
                 stats.lines += batch.lines
+                metrics.AGENT_READ.labels(adapter.name).inc(batch.lines)
                 stats.published += batch.table.num_rows
                 stats.rejected += len(batch.rejects)
             try:

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeline import metrics
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.sources.base import LineAdapter
 from pipeline.agent.tail import Chunk, FileTailer
@@ -48,6 +49,7 @@ def ship_file(agent: FlowAgent, tailer: FileTailer, adapter: LineAdapter, follow
         if unsaved and time.monotonic() - last_save >= save_every:
             tailer.checkpoint.save()
             last_save, unsaved = time.monotonic(), False
+            metrics.AGENT_SOURCE_LAG.set(tailer.lag_bytes)
 
     try:
         while not stop.is_set():
@@ -60,6 +62,7 @@ def ship_file(agent: FlowAgent, tailer: FileTailer, adapter: LineAdapter, follow
                 agent.publish(batch.table, batch_key=chunk.batch_key)
                 inflight.append((agent.tracker.issued, chunk))
                 stats.lines += batch.lines
+                metrics.AGENT_READ.labels(adapter.name).inc(batch.lines)
                 stats.published += batch.table.num_rows
                 stats.rejected += len(batch.rejects)
                 stats.skipped += batch.skipped
@@ -73,6 +76,7 @@ def ship_file(agent: FlowAgent, tailer: FileTailer, adapter: LineAdapter, follow
                 if not follow:
                     break
                 settle(idle_seconds)
+                metrics.AGENT_SOURCE_LAG.set(tailer.lag_bytes)
         agent.finish()
         settle(0)
     finally:

@@ -16,6 +16,7 @@ import orjson
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import REGISTRY
 
 from pipeline import topics
 from pipeline.agent.agent import FlowAgent
@@ -94,6 +95,8 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
     log = tmp_path / "flows.log"
     third = len(lines) // 3
     log.write_bytes(b"\n".join(lines[:third]) + b"\n")
+    read_before, delivered_before = _metric("flowctl_agent_records_read_total", source="calico"), \
+        _metric("flowctl_agent_delivery_seconds_count")
     with LocalStack(_settings(tmp_path), worker=False, sink=False) as stack:
         agent = FlowAgent(stack.settings)
         tailer = FileTailer(log, Checkpoint(tmp_path / "ck.json"), chunk_bytes=256 << 10)
@@ -115,6 +118,7 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
             with log.open("ab") as fh:  # the source keeps writing while Kafka is away
                 fh.write(b"\n".join(lines[third:2 * third]) + b"\n")
             time.sleep(8)
+            assert _metric("flowctl_agent_source_lag_bytes") > 0, "unconfirmed bytes show as source lag"
             stack.broker.set_broker_up()
             stack.start_role("worker")
             stack.start_role("sink")
@@ -124,15 +128,24 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
             deadline = time.monotonic() + 240
             while _confirmed(tmp_path / "ck.json") < size and shipper.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
+            while _metric("flowctl_agent_source_lag_bytes") > 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
         finally:
             stop.set()
             shipper.join(120)
         assert not errors, errors
         assert _confirmed(tmp_path / "ck.json") == size
+        assert _metric("flowctl_agent_source_lag_bytes") == 0
+        assert _metric("flowctl_agent_records_read_total", source="calico") - read_before == len(lines)
+        assert _metric("flowctl_agent_delivery_seconds_count") > delivered_before
         stack.wait_until_processed(timeout=240)
         tailer.close()
         agent.close()
     assert _lake_identity(tmp_path) == _expected(n)
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _raw_messages(settings: Settings, limit: int) -> list[SpooledMessage]:
