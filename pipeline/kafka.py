@@ -126,13 +126,26 @@ class LagGuard:
         self._offsets = group_reader(settings, group)
         self._bytes = 0
         self._messages = 0
+        # Per partition too: a partition of big batches next to many small ones would otherwise be
+        # judged by the overall average and overrun the broker's retention.
+        self._partition_bytes: dict[int, int] = {}
+        self._partition_messages: dict[int, int] = {}
         self._since_check = check_bytes
 
-    def record(self, nbytes: int) -> None:
-        """Count one produced message of ``nbytes`` (for the average message size)."""
+    def record(self, nbytes: int, partition: int | None = None) -> None:
+        """Count one produced message of ``nbytes`` (for the average message size per partition)."""
         self._bytes += nbytes
         self._messages += 1
         self._since_check += nbytes
+        if partition is not None:
+            self._partition_bytes[partition] = self._partition_bytes.get(partition, 0) + nbytes
+            self._partition_messages[partition] = self._partition_messages.get(partition, 0) + 1
+
+    def average_bytes(self, partition: int) -> float:
+        """The larger of the partition's and the topic's average message size (0 before any message)."""
+        overall = self._bytes / self._messages if self._messages else 0.0
+        n = self._partition_messages.get(partition, 0)
+        return max(overall, self._partition_bytes[partition] / n) if n else overall
 
     def due(self) -> bool:
         if self._since_check < self.check_bytes:
@@ -144,10 +157,10 @@ class LagGuard:
         """Largest per-partition estimate of bytes produced but not yet committed by the group."""
         if not self._messages:
             return 0
-        avg = self._bytes / self._messages
         ends = end_offsets(self._offsets, self.topic)
         done = committed_offsets(self._offsets, self.topic, len(ends))
-        return max((int((end - done.get(p, 0) + pending_messages) * avg) for p, end in ends.items()), default=0)
+        return max((int((end - done.get(p, 0) + pending_messages) * self.average_bytes(p)) for p, end in ends.items()),
+                   default=0)
 
     def close(self) -> None:
         self._offsets.close()

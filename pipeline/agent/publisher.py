@@ -189,7 +189,7 @@ class BatchPublisher:
                 self._wait_for_room()
                 self._produce(partition, value, key, env.headers())
                 if self._guard is not None:
-                    self._guard.record(len(value))
+                    self._guard.record(len(value), partition)
                 self.stats.batches += 1
                 self.stats.records += chunk.num_rows
                 self.stats.bytes += len(value)
@@ -222,9 +222,9 @@ class BatchPublisher:
         except KafkaException:
             return False
 
-    def record_replayed(self, nbytes: int) -> None:
+    def record_replayed(self, nbytes: int, partition: int | None = None) -> None:
         if self._guard is not None:
-            self._guard.record(nbytes)
+            self._guard.record(nbytes, partition)
 
     def _wait_for_room(self) -> None:
         if self._guard is None or self.outbox.state != DIRECT or not self._guard.due():

@@ -278,14 +278,14 @@ class Outbox:
 
     ``tracker`` numbers every message (``issue``) and is told when one is delivered or spooled;
     ``has_room`` (optional) says whether Kafka may take more now (embedded-broker backpressure),
-    ``on_replay`` is told the size of every replayed message. Once ``give_up`` is set (the agent is
+    ``on_replay`` is told the size and partition of every replayed message. Once ``give_up`` is set (the agent is
     stopping) a full spool no longer blocks (it may exceed its bound by one batch) and ``drain`` stops
     waiting for an absent Kafka: what is spooled stays for the next run.
     Without a spool a failed delivery is kept in ``failures`` and ``raise_failures`` reports it.
     """
 
     def __init__(self, producers: dict[str, Producer], tracker: DeliveryTracker, spool: Spool | None = None,
-                 has_room: Callable[[], bool] | None = None, on_replay: Callable[[int], None] | None = None,
+                 has_room: Callable[[], bool] | None = None, on_replay: Callable[[int, int], None] | None = None,
                  probe_seconds: float = 2.0, replay_segments: int = 4) -> None:
         self.producers = producers
         self.tracker = tracker
@@ -446,7 +446,7 @@ class Outbox:
                 self._produce(self._producer(m.topic), m.topic, m.value, m.key, m.partition, list(m.headers),
                               self._replay_callback(replay))
                 if self.on_replay is not None:
-                    self.on_replay(len(m.value))
+                    self.on_replay(len(m.value), m.partition)
             if not messages:
                 replay.remaining = 0
         if not self._replaying and not len(self.spool) and not self._to_spool:

@@ -198,7 +198,7 @@ def create_app(settings: Settings) -> faust.App:
                     env = Envelope("flow_enriched", "1", ARROW, out.enriched.num_rows, settings.node, out.batch_id)
                     body = encode_arrow(out.enriched)
                     if guard is not None:
-                        guard.record(len(body))
+                        guard.record(len(body), msg.partition)
                     futures.append(await enriched.send(value=body, key=event.key, partition=msg.partition,
                                                        headers=env.headers()))
                 futures += await send_windows(msg.partition, out.windows)
