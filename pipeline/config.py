@@ -147,17 +147,21 @@ class Settings:
         conf.update(self.kafka_extra)
         return conf
 
-    def __repr__(self) -> str:
-        # Secrets stay out of tracebacks, debug output and error messages.
-        parts = []
+    def masked_values(self) -> dict[str, Any]:
+        """Every setting by name, secret values replaced by ``***``."""
+        values: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in self.SECRET_FIELDS and value:
                 value = "***"
             elif f.name == "kafka_extra":
                 value = {k: "***" if _is_secret_key(k) and v else v for k, v in value.items()}
-            parts.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(parts)})"
+            values[f.name] = value
+        return values
+
+    def __repr__(self) -> str:
+        # Secrets stay out of tracebacks, debug output and error messages.
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.masked_values().items())})"
 
     def with_overrides(self, **overrides: Any) -> Settings:
         clean = {k: v for k, v in overrides.items() if v is not None}
@@ -253,15 +257,9 @@ def _toml_value(value: Any) -> str:
 
 def render_settings(settings: Settings) -> str:
     """The settings as a flowctl.toml document, secrets replaced by ``***``."""
-    lines = []
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if f.name in Settings.SECRET_FIELDS and value:
-            value = "***"
-        if not isinstance(value, dict):
-            lines.append(f"{f.name} = {_toml_value(value)}")
-    if settings.kafka_extra:
+    values = settings.masked_values()
+    lines = [f"{name} = {_toml_value(value)}" for name, value in values.items() if not isinstance(value, dict)]
+    if values["kafka_extra"]:
         lines.append("\n[kafka_extra]")
-        lines += [f"{json.dumps(k)} = {_toml_value('***' if _is_secret_key(k) and v else v)}"
-                  for k, v in sorted(settings.kafka_extra.items())]
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in sorted(values["kafka_extra"].items())]
     return "\n".join(lines) + "\n"

@@ -88,6 +88,7 @@ class LocalStack:
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
         self.procs: dict[str, subprocess.Popen] = {}
+        self.role_args: dict[str, list[str]] = {}  # what each role was started with, for restarts
         self._want = [name for name, on in (("worker", worker), ("sink", sink)) if on]
 
     def __enter__(self) -> LocalStack:
@@ -110,8 +111,10 @@ class LocalStack:
             self.start_role(name)
         return self
 
-    def start_role(self, name: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "pipeline.cli", name]
+    def start_role(self, name: str, args: list[str] | None = None) -> subprocess.Popen:
+        """Start `flowctl ARGS` (default: `flowctl NAME`) as the role ``name`` of this stack."""
+        self.role_args[name] = args or [name]
+        cmd = [sys.executable, "-m", "pipeline.cli", *self.role_args[name]]
         proc = subprocess.Popen(cmd, env=role_env(self.settings, name), stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc

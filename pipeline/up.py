@@ -111,9 +111,9 @@ class Stack:
             self.agent = RealtimeSyntheticAgent(self.settings, self.rate, self.seed)
             self.agent.start()
         else:
-            self._spawn("agent", ["agent", "--source", self.source])
+            self.local.start_role("agent", ["agent", "--source", self.source])
         if self.detect_interval:
-            self._spawn("detect", ["detect", "--interval", self.detect_interval])
+            self.local.start_role("detect", ["detect", "--interval", self.detect_interval])
         if self.recommend_interval:
             args = ["recommend", "--since", f"-{int(self.recommend_interval)}s", "--until", "now",
                     "--output", str(self.output)]
@@ -133,10 +133,6 @@ class Stack:
             if done.returncode:
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 log.error("flowctl %s failed (exit %d): %s", args[0], done.returncode, last)
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        self.local.procs[name] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args],
-                                                  env=role_env(self.settings, name), stdin=subprocess.DEVNULL)
 
     def snapshot(self, reader) -> Snapshot:
         ends = {t: sum(end_offsets(reader, t).values()) for t in (topics.RAW, topics.ENRICHED, topics.WINDOWED,
@@ -166,12 +162,7 @@ class Stack:
                 raise RuntimeError(f"{name} exited {self.restarts[name]} times (last exit code {proc.returncode}); giving up")
             console.print(f"[yellow]{name} exited with code {proc.returncode}; restarting it[/]")
             del self.local.procs[name]
-            if name in ("worker", "sink"):
-                self.local.start_role(name)
-            elif name == "agent":
-                self._spawn("agent", ["agent", "--source", self.source])
-            elif name == "detect":
-                self._spawn("detect", ["detect", "--interval", self.detect_interval])
+            self.local.start_role(name, self.local.role_args[name])
 
     def view(self, snap: Snapshot, started: float) -> Table:
         table = Table(title=f"flowctl up — {self.settings.bootstrap_servers} — lake {self.settings.lake} — "

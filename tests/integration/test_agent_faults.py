@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -100,18 +102,7 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
     with LocalStack(_settings(tmp_path), worker=False, sink=False) as stack:
         agent = FlowAgent(stack.settings)
         tailer = FileTailer(log, Checkpoint(tmp_path / "ck.json"), chunk_bytes=256 << 10)
-        stop = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                ship_file(agent, tailer, CalicoAdapter(cluster="it"), follow=True, stop=stop, idle_seconds=0.1)
-            except BaseException as exc:  # surfaced by the assertion below
-                errors.append(exc)
-
-        shipper = threading.Thread(target=run)
-        shipper.start()
-        try:
+        with _shipping(agent, tailer) as shipper:
             while _confirmed(tmp_path / "ck.json") == 0 and shipper.is_alive():
                 time.sleep(0.05)
             stack.broker.set_broker_down()
@@ -130,10 +121,6 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
                 time.sleep(0.1)
             while _metric("flowctl_agent_source_lag_bytes") > 0 and time.monotonic() < deadline:
                 time.sleep(0.1)
-        finally:
-            stop.set()
-            shipper.join(120)
-        assert not errors, errors
         assert _confirmed(tmp_path / "ck.json") == size
         assert _metric("flowctl_agent_source_lag_bytes") == 0
         assert _metric("flowctl_agent_records_read_total", source="calico") - read_before == len(lines)
@@ -142,6 +129,28 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
         tailer.close()
         agent.close()
     assert _lake_identity(tmp_path) == _expected(n)
+
+
+@contextmanager
+def _shipping(agent: FlowAgent, tailer: FileTailer) -> Iterator[threading.Thread]:
+    """Follow the Calico file in a background thread for the block; its exception fails the test."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ship_file(agent, tailer, CalicoAdapter(cluster="it"), follow=True, stop=stop, idle_seconds=0.1)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    shipper = threading.Thread(target=run)
+    shipper.start()
+    try:
+        yield shipper
+    finally:
+        stop.set()
+        shipper.join(120)
+    assert not errors, errors
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -176,18 +185,7 @@ def test_long_outage_spools_to_disk_then_replays_exactly_once(tmp_path: Path) ->
         settings = stack.settings.with_overrides(agent_spool_after_seconds=2.0, agent_spool_max_bytes=256 << 10)
         agent = FlowAgent(settings, spool_dir=spool_dir)
         tailer = FileTailer(log, Checkpoint(tmp_path / "ck.json"), chunk_bytes=256 << 10)
-        stop = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                ship_file(agent, tailer, CalicoAdapter(cluster="it"), follow=True, stop=stop, idle_seconds=0.1)
-            except BaseException as exc:  # surfaced by the assertion below
-                errors.append(exc)
-
-        shipper = threading.Thread(target=run)
-        shipper.start()
-        try:
+        with _shipping(agent, tailer) as shipper:
             while _confirmed(tmp_path / "ck.json") == 0 and shipper.is_alive():
                 time.sleep(0.05)
             stack.broker.set_broker_down()
@@ -211,10 +209,6 @@ def test_long_outage_spools_to_disk_then_replays_exactly_once(tmp_path: Path) ->
             while (_confirmed(tmp_path / "ck.json") < size or len(agent.spool)) and shipper.is_alive() \
                     and time.monotonic() < deadline:
                 time.sleep(0.1)
-        finally:
-            stop.set()
-            shipper.join(120)
-        assert not errors, errors
         assert _confirmed(tmp_path / "ck.json") == size
         assert agent.outbox.stats.spooled_messages > 0 and agent.outbox.stats.replayed_messages > 0
         assert len(agent.spool) == 0 and not list(spool_dir.glob("*.spool*")), "the spool is empty afterwards"
