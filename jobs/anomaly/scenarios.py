@@ -28,7 +28,7 @@ from jobs.anomaly.detect import DetectOptions, detect_lake
 from jobs.anomaly.findings import PRECEDENCE
 from pipeline.agent.sources.synthetic import SyntheticCluster
 from pipeline.schema import FLOWLOG, arrow_schema
-from pipeline.sink.lake import ParquetLakeWriter
+from pipeline.sink.lake import ParquetLakeWriter, write_parquet
 from pipeline.stream.enrich import FlowEnricher
 from pipeline.stream.windows import WindowAggregator
 
@@ -415,7 +415,7 @@ def _link_tree(src: Path, dst: Path, divert: Diversion | None = None) -> pa.Tabl
             hit = divert.flows_filter() if table_name == "flows" else divert.windows_filter()
             gone = table.filter(hit)
             if gone.num_rows:
-                pq.write_table(table.filter(~hit), target, compression="zstd")
+                write_parquet(table.filter(~hit), str(target))
                 if table_name == "flows":
                     removed.append(gone)
                 continue

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.sink.lake import TABLES, TMP_SUFFIX, LakeFile, ParquetLakeWriter, covered_files
+from pipeline.sink.lake import TABLES, TMP_SUFFIX, LakeFile, ParquetLakeWriter, covered_files, write_parquet
 
 _HOUR_DIR = re.compile(r"/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})$")
 COMPACT_TMP_PREFIX = ".compact-"
@@ -55,8 +55,16 @@ def _rows(writer: ParquetLakeWriter, path: str) -> int:
 
 
 def plan_compaction(writer: ParquetLakeWriter, table: str, target_rows: int, min_age_seconds: float,
-                    now: float | None = None) -> tuple[list[list[LakeFile]], list[LakeFile]]:
-    """(chunks of files to merge, covered leftovers to delete) for one table."""
+                    now: float | None = None, settled_seconds: float | None = None,
+                    ) -> tuple[list[list[LakeFile]], list[LakeFile]]:
+    """(chunks of files to merge, covered leftovers to delete) for one table.
+
+    Hours that ended ``min_age_seconds`` ago merge into files of up to ``target_rows``. With
+    ``settled_seconds``, younger hours (the one the sink writes now included) merge too, but only
+    their small files (under a tenth of ``target_rows``) written at least that long ago: that bounds
+    the file count a reader of the open hour pays for, and a merged file is rewritten only until it
+    is no longer small, so each row is rewritten a few times at most before its hour closes.
+    """
     now = time.time() if now is None else now
     files = writer.lake_files(table)
     covered = covered_files(files)
@@ -71,18 +79,23 @@ def plan_compaction(writer: ParquetLakeWriter, table: str, target_rows: int, min
     chunks: list[list[LakeFile]] = []
     for (directory, topic, partition), group in sorted(groups.items()):
         start = _hour_start(directory)
-        if start is None or start + 3600 + min_age_seconds > now or len(group) < 2:
+        if start is None or len(group) < 2:
             continue
+        closed = start + 3600 + min_age_seconds <= now
+        if not closed and settled_seconds is None:
+            continue
+        small = target_rows if closed else max(1, target_rows // 10)
         chunk: list[LakeFile] = []
         rows = 0
         for f in sorted(group, key=lambda f: f.first):
-            # The newest range stays as the sink wrote it; a large file is left alone. Either ends a run,
-            # so a compacted range never spans a file it does not hold.
-            n = -1 if f.last == newest[(topic, partition)] else _rows(writer, f.path)
-            if n < 0 or n >= target_rows or rows + n > target_rows:
+            # The newest range stays as the sink wrote it; a large file (or, in a young hour, one not yet
+            # settled) is left alone. Either ends a run, so a merged range never spans a file it does not hold.
+            eligible = f.last != newest[(topic, partition)] and (closed or f.mtime <= now - (settled_seconds or 0.0))
+            n = _rows(writer, f.path) if eligible else -1
+            if n < 0 or n >= small or rows + n > target_rows:
                 if len(chunk) > 1:
                     chunks.append(chunk)
-                chunk, rows = ([], 0) if n < 0 or n >= target_rows else ([f], n)
+                chunk, rows = ([], 0) if n < 0 or n >= small else ([f], n)
                 continue
             chunk.append(f)
             rows += n
@@ -104,8 +117,7 @@ def _merge(writer: ParquetLakeWriter, chunk: list[LakeFile]) -> tuple[str, int]:
     tmp = f"{directory}/{COMPACT_TMP_PREFIX}{uuid.uuid4().hex[:12]}.parquet{TMP_SUFFIX}"
     try:
         with writer.fs.open_output_stream(tmp) as out:
-            pq.write_table(merged, out, row_group_size=writer.row_group_size, compression=writer.compression,
-                           write_statistics=True)
+            write_parquet(merged, out, row_group_size=writer.row_group_size, compression=writer.compression)
         writer.fs.move(tmp, final)
     except BaseException:
         try:
@@ -118,11 +130,12 @@ def _merge(writer: ParquetLakeWriter, chunk: list[LakeFile]) -> tuple[str, int]:
 
 def compact(writer: ParquetLakeWriter, tables: Iterable[str] = ("flows", "flow_windows", "dlq"),
             target_rows: int = 1_000_000, min_age_seconds: float = 3600.0, now: float | None = None,
-            dry_run: bool = False) -> CompactionReport:
-    """Merge the small files of each closed hour partition; see the module docstring for why readers are safe."""
+            dry_run: bool = False, settled_seconds: float | None = None) -> CompactionReport:
+    """Merge the small files of each closed hour partition (and with ``settled_seconds`` the settled small
+    files of younger hours, see :func:`plan_compaction`); the module docstring says why readers are safe."""
     report = CompactionReport()
     for table in tables:
-        chunks, leftovers = plan_compaction(writer, table, target_rows, min_age_seconds, now)
+        chunks, leftovers = plan_compaction(writer, table, target_rows, min_age_seconds, now, settled_seconds)
         for f in leftovers:
             if not dry_run:
                 writer.fs.delete_file(f.path)

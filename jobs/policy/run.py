@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs.policy import render
 from jobs.policy.learn import Alert, read_alert_file, read_evidence, read_lake_alerts
@@ -20,7 +19,7 @@ from jobs.policy.report import RunSummary, html_report, markdown
 from jobs.policy.stability import WorkloadStatus, advance, load_state, save_state
 from jobs.policy.validate import validate_all
 from pipeline.schema import arrow_schema
-from pipeline.sink.lake import ParquetLakeWriter
+from pipeline.sink.lake import ParquetLakeWriter, write_parquet
 
 TABLE = "policy_recommendations"
 
@@ -75,7 +74,7 @@ def write_lake_rows(lake: str, table: pa.Table, since: int, until: int) -> str |
     final = f"{directory}/recommend+0+{since}+{until}.parquet"
     tmp = f"{directory}/.recommend+0+{since}+{until}.{uuid.uuid4().hex[:8]}.tmp"
     with writer.fs.open_output_stream(tmp) as out:
-        pq.write_table(table, out, compression="zstd")
+        write_parquet(table, out)
     writer.fs.move(tmp, final)
     return final
 

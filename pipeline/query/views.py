@@ -1,7 +1,12 @@
 """DuckDB views over the Parquet lake. The lake is the contract; DuckDB is one reader of it.
 
-Local lakes are read with ``read_parquet`` over a glob (``hive_partitioning``,
-``union_by_name``), so every query sees the files committed up to then. Files that a
+Local lakes are read with ``read_parquet`` over a glob (``hive_partitioning``), so every
+query sees the files committed up to then. Columns are matched by Parquet field id: the
+writers give each column an id derived from its name (:func:`pipeline.sink.lake.field_id`)
+and the view passes the contract's columns with their ids (``schema``), so a file written
+before a nullable column was added reads it as null, as ``union_by_name`` would, without
+DuckDB opening every file's footer when a query binds (about 130 KB of memory and 0.5 ms
+per file). A lake with files written without field ids falls back to ``union_by_name``. Files that a
 compacted file covers (compaction writes the merged file, then deletes its inputs) are
 left out by the view itself, so a reader never sees a row twice during compaction.
 
@@ -16,9 +21,10 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from pipeline.schema import arrow_schema, schema_dir
-from pipeline.sink.lake import ParquetLakeWriter, is_object_store
+from pipeline.sink.lake import LakeFile, ParquetLakeWriter, field_id, has_field_ids, is_object_store
 
 # View name → JSON Schema of its rows.
 VIEWS = {
@@ -72,10 +78,51 @@ def _covered_select(glob: str) -> str:
           AND TRY_CAST(a.m.last AS BIGINT) <= TRY_CAST(b.m.last AS BIGINT)"""
 
 
-def _local_view(glob: str) -> str:
+def _by_id(schema: pa.Schema) -> str:
+    """DuckDB's ``schema`` option for ``read_parquet``: the contract's columns by field id, null when absent."""
+    entries = [f"{field_id(name)}: {{name: {_quote(name)}, type: {_quote(kind)}, default_value: NULL}}"
+               for name, kind in _duckdb_types(schema)]
+    return "MAP {" + ", ".join(entries) + "}"
+
+
+def _local_view(glob: str, schema: pa.Schema | None) -> str:
+    columns = f"schema = {_by_id(schema)}" if schema is not None else "union_by_name = true"
     return (f"SELECT * EXCLUDE (filename) FROM read_parquet({_quote(glob)}, hive_partitioning = true, "
-            "union_by_name = true, filename = true, hive_types = {'date': VARCHAR, 'hour': BIGINT}) "
+            f"{columns}, filename = true, hive_types = {{'date': VARCHAR, 'hour': BIGINT}}) "
             f"WHERE filename NOT IN ({_covered_select(glob)})")
+
+
+def _read_schema(writer: ParquetLakeWriter, path: str) -> pa.Schema | None:
+    """A file's schema from its footer, or None when it cannot be read (a query of its hour reports that)."""
+    try:
+        with writer.fs.open_input_file(path) as src:
+            return pq.read_schema(src)
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def _id_schema(writer: ParquetLakeWriter, files: list[LakeFile], contract: pa.Schema | None) -> pa.Schema | None:
+    """The columns to read by field id: the contract's, then any more the newest file has (a newer writer's).
+
+    None when the lake has files without field ids, judged by the first file of every day (one footer
+    each): such files come from writers older than field ids, so they are the oldest of a day.
+    """
+    first_of_day: dict[str, str] = {}
+    for f in files:
+        day = f.path.split("/date=", 1)[-1].split("/", 1)[0]
+        if day not in first_of_day or f.path < first_of_day[day]:
+            first_of_day[day] = f.path
+    for path in first_of_day.values():
+        schema = _read_schema(writer, path)
+        if schema is not None and not has_field_ids(schema):
+            return None
+    newest = _read_schema(writer, max(f.path for f in files))
+    if newest is not None and not has_field_ids(newest):
+        return None
+    if contract is None:
+        return newest
+    extra = [f for f in newest if f.name not in contract.names] if newest is not None else []
+    return pa.schema([*contract, *extra])
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
@@ -118,8 +165,9 @@ def connect(lake: str, database: str = ":memory:", *, s3_endpoint: str = "", s3_
                 con.register(f"lake_{view}", dataset)
                 con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM lake_{view}")
                 continue
-        elif writer.lake_files(view):
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS {_local_view(f'{writer.base}/{view}/**/*.parquet')}")
+        elif files := writer.lake_files(view):
+            by_id = _id_schema(writer, files, schema)
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {_local_view(f'{writer.base}/{view}/**/*.parquet', by_id)}")
             continue
         if schema is not None:
             con.execute(f"CREATE OR REPLACE VIEW {view} AS {_empty_select(schema)}")
