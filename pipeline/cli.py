@@ -338,7 +338,8 @@ def up(
     seed: int = typer.Option(7, help="synthetic: random seed."),
     detect_interval: str = typer.Option("5m", help="Run anomaly detection this often (empty: never)."),
     recommend_interval: str = typer.Option("1h", help="Run policy recommendation this often (empty: never)."),
-    compact_interval: str = typer.Option("1h", help="Compact the lake's finished hours this often (empty: never)."),
+    compact_interval: str = typer.Option("5m", help="Compact the lake this often: finished hours, and the current hour's files "
+                                         "older than 2 minutes (empty: never)."),
     output: Path = typer.Option(Path("policies"), help="Where recommend writes its YAML and reports."),
     duration: str | None = typer.Option(None, help="Stop after this long (e.g. 10m); default: until Ctrl-C."),
     view: bool = typer.Option(True, help="Live terminal view; --no-view prints one JSON stats line per --stats-every."),

@@ -120,8 +120,9 @@ class Stack:
             threading.Thread(target=self._every, args=(self.recommend_interval, args), name="recommend",
                              daemon=True).start()
         if self.compact_interval:
-            # The sink writes a file per partition per flush; merging finished hours keeps readers' memory flat.
-            threading.Thread(target=self._every, args=(self.compact_interval, ["lake", "compact", "--min-age", "1h"]),
+            # The sink writes a file per partition per flush; merging them, in the open hour too, keeps readers fast.
+            args = ["lake", "compact", "--min-age", "1h", "--settled", "2m"]
+            threading.Thread(target=self._every, args=(self.compact_interval, args),
                              name="compact", daemon=True).start()
 
     def _every(self, interval: float, args: list[str]) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,6 +73,42 @@ def test_open_hours_and_other_partitions_are_left_alone(writer, tmp_path) -> Non
     assert compact(writer, ["flows"], now=T0 + 3600 + 1800, min_age_seconds=3600).merged_files == 0
     compact(writer, ["flows"], now=NOW)
     assert names(lake) == [f"{TOPIC}+0+0+29.parquet", f"{TOPIC}+0+30+39.parquet", f"{TOPIC}+1+0+9.parquet"]
+
+
+def age(lake: Path, seconds_before: float, *, now: float, only: tuple[str, ...] = ()) -> None:
+    """Set the files' modification time, as if the sink had written them ``seconds_before`` ``now``."""
+    for f in (lake / "flows").rglob("*.parquet"):
+        if not only or f.name in only:
+            os.utime(f, (now - seconds_before, now - seconds_before))
+
+
+def test_settled_small_files_of_the_open_hour_merge_and_young_ones_wait(writer, tmp_path) -> None:
+    lake = tmp_path / "lake"
+    now = T0 + 1800  # half way through the hour the files belong to
+    total = fill(writer, 8)
+    age(lake, 600, now=now)
+    age(lake, 10, now=now, only=(f"{TOPIC}+0+60+69.parquet",))  # written 10 s ago: not settled yet
+    report = compact(writer, ["flows"], target_rows=3_000, now=now, settled_seconds=120)
+    assert report.merged_files == 6
+    assert names(lake) == [f"{TOPIC}+0+0+59.parquet", f"{TOPIC}+0+60+69.parquet", f"{TOPIC}+0+70+79.parquet"]
+    assert ids(lake) == list(range(total))
+    # the merged file (600 rows) is no longer small (a tenth of 3,000): while the hour is open, only
+    # newer small files merge, beside it, and it is not rewritten again
+    total += fill_more(writer, first_batch=8, batches=4)
+    age(lake, 600, now=now)
+    compact(writer, ["flows"], target_rows=3_000, now=now, settled_seconds=120)
+    assert names(lake) == sorted([f"{TOPIC}+0+0+59.parquet", f"{TOPIC}+0+60+109.parquet", f"{TOPIC}+0+110+119.parquet"])
+    assert ids(lake) == list(range(total))
+    # once the hour has closed, everything but the newest range merges up to the target
+    compact(writer, ["flows"], target_rows=3_000, now=NOW)
+    assert names(lake) == sorted([f"{TOPIC}+0+0+109.parquet", f"{TOPIC}+0+110+119.parquet"])
+    assert ids(lake) == list(range(total))
+
+
+def fill_more(writer: ParquetLakeWriter, first_batch: int, batches: int, per_batch: int = 100) -> int:
+    for b in range(first_batch, first_batch + batches):
+        writer.write("flows", TOPIC, 0, b * 10, b * 10 + 9, rows(b * per_batch, per_batch))
+    return batches * per_batch
 
 
 def test_compaction_respects_the_target_size(writer, tmp_path) -> None:
@@ -185,5 +223,16 @@ def test_lake_cli_compact_and_retain(writer, tmp_path) -> None:
     out = flowctl("retain", "--days", "1")
     assert out.returncode == 0 and "1 date partitions deleted" in out.stdout
     assert names(tmp_path / "lake") == []
+    # the current hour: left alone by default, its settled small files merged with --settled
+    now = time.time()
+    fill(writer, 4, hour_start=int(now) // 3600 * 3600)
+    age(tmp_path / "lake", 600, now=now)
+    out = flowctl("compact")
+    assert out.returncode == 0 and "0 files merged" in out.stdout, out.stderr
+    out = flowctl("compact", "--settled", "5m")
+    assert out.returncode == 0 and "3 files merged into 1" in out.stdout, out.stderr
+    assert names(tmp_path / "lake") == [f"{TOPIC}+0+0+29.parquet", f"{TOPIC}+0+30+39.parquet"]
     out = flowctl("compact", "--table", "nope")
     assert out.returncode == 1 and out.stderr.startswith("flowctl: error: unknown table 'nope'")
+    out = flowctl("compact", "--settled", "soon")
+    assert out.returncode == 1 and out.stderr.startswith("flowctl: error:") and len(out.stderr.splitlines()) == 1

@@ -136,7 +136,9 @@ def catalog(
 def compact(
     ctx: typer.Context,
     target_rows: int = typer.Option(1_000_000, help="Rows per compacted file at most."),
-    min_age: str = typer.Option("1h", help="Only hours that ended at least this long ago (0s for all)."),
+    min_age: str = typer.Option("1h", help="Hours that ended at least this long ago merge up to --target-rows (0s for all)."),
+    settled: str = typer.Option("", help="Also merge the small files (under a tenth of --target-rows) of younger hours, "
+                                "the current one included, once written this long ago (e.g. 2m; empty: never)."),
     table: list[str] = typer.Option(["flows", "flow_windows", "dlq"], help="Tables to compact (repeat the option)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be merged; change nothing."),
 ) -> None:
@@ -152,8 +154,10 @@ def compact(
     if unknown:
         raise ValueError(f"unknown table {sorted(unknown)[0]!r}: choose from {', '.join(TABLES)}")
     age = 0.0 if min_age.strip() in ("0", "0s") else parse_duration(min_age)
+    settle = None if not settled.strip() else 0.0 if settled.strip() in ("0", "0s") else parse_duration(settled)
     writer = _writer(ctx.obj)
-    report = run_compaction(writer, table, target_rows=target_rows, min_age_seconds=age, dry_run=dry_run)
+    report = run_compaction(writer, table, target_rows=target_rows, min_age_seconds=age, dry_run=dry_run,
+                            settled_seconds=settle)
     if dry_run:
         for final, inputs in report.plan:
             print(f"{final} ← {len(inputs)} files")
