@@ -25,6 +25,7 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipeline import metrics, topics
+from pipeline.broker.embedded import FETCH_WAIT_MS
 from pipeline.config import Settings
 from pipeline.conform import parse_ndjson
 from pipeline.envelope import ARROW, Envelope, EnvelopeError, decode_arrow, split_ndjson
@@ -96,6 +97,7 @@ class LakeSink:
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
+            **({"fetch.wait.max.ms": FETCH_WAIT_MS} if settings.on_embedded_broker else {}),
             **(consumer_overrides or {}),
         })
 

@@ -24,6 +24,7 @@ from pipeline.config import Settings
 from pipeline.envelope import ARROW, NDJSON, Envelope, encode_arrow, encode_ndjson
 from pipeline.kafka import LagGuard, group_reader
 from pipeline.logs import build_handler
+from pipeline.stream import transport as embedded_transport
 from pipeline.stream.enrich import FlowEnricher
 from pipeline.stream.processor import FlowProcessor
 from pipeline.stream.state import WindowStateStore
@@ -38,7 +39,8 @@ DELIVERY_TIMEOUT = 20.0
 
 def _faust_broker_settings(settings: Settings) -> dict:
     servers = [s.strip() for s in settings.bootstrap_servers.split(",") if s.strip()]
-    conf: dict = {"broker": [f"kafka://{s}" for s in servers]}
+    scheme = embedded_transport.register() if settings.on_embedded_broker else "kafka"
+    conf: dict = {"broker": [f"{scheme}://{s}" for s in servers]}
     proto = settings.security_protocol.upper()
     context = None
     if proto in ("SSL", "SASL_SSL"):
