@@ -71,19 +71,25 @@ def new_batch_id() -> str:
 def encode_arrow(table: pa.Table, compression: str | None = "zstd") -> bytes:
     """Arrow IPC stream with compressed buffers (Kafka-level compression is then unnecessary).
 
-    zstd: ~40% fewer bytes than LZ4 for ~0.5 µs more per row to decode; bytes are what the
-    embedded broker's 5 MiB per partition (and every Kafka disk and link) are short of.
+    ``compression`` is the ``body_compression`` setting: zstd (the default) needs ~40% fewer bytes
+    than lz4, which decodes ~3x faster; "none" (or None) leaves the buffers as they are. Readers
+    need not know it: the codec is recorded in each message.
     """
     sink = pa.BufferOutputStream()
-    options = ipc.IpcWriteOptions(compression=compression)
+    options = ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
     with ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 
 
-def decode_arrow(value: bytes) -> pa.Table:
+def decode_arrow(value: bytes, use_threads: bool = True) -> pa.Table:
+    """The table of an Arrow IPC stream, whatever codec (or none) each of its buffers was written with.
+
+    ``use_threads=False`` decompresses on the calling thread: cheaper for a caller that already
+    decodes several messages side by side.
+    """
     try:
-        return ipc.open_stream(pa.py_buffer(value)).read_all()
+        return ipc.open_stream(pa.py_buffer(value), options=ipc.IpcReadOptions(use_threads=use_threads)).read_all()
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise EnvelopeError(f"not a valid Arrow IPC stream: {exc}") from None
 

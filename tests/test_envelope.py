@@ -33,12 +33,20 @@ def flows_table() -> pa.Table:
     return pa.Table.from_pylist([row, {**row, "dest_port": 443, "source_labels": []}], schema=schema)
 
 
-@pytest.mark.parametrize("compression", ["zstd", None])
-def test_arrow_round_trip(compression):
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "none", None])
+@pytest.mark.parametrize("use_threads", [True, False])
+def test_arrow_round_trip(compression, use_threads):
     table = flows_table()
-    back = decode_arrow(encode_arrow(table, compression=compression))
+    back = decode_arrow(encode_arrow(table, compression=compression), use_threads=use_threads)
     assert back.equals(table)
     assert back.schema.equals(table.schema)
+
+
+def test_body_codecs_trade_bytes_for_decoding_speed():
+    table = pa.concat_tables([flows_table()] * 50)
+    sizes = {codec: len(encode_arrow(table, compression=codec)) for codec in ("zstd", "lz4", "none")}
+    assert sizes["zstd"] < sizes["lz4"] < sizes["none"]
+    assert encode_arrow(table, compression="none") == encode_arrow(table, compression=None)
 
 
 def test_arrow_round_trip_of_an_empty_table():

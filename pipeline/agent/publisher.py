@@ -185,7 +185,7 @@ class BatchPublisher:
                 env = Envelope("flowlog", "1", ARROW, chunk.num_rows, self.node, ids[k] if ids else new_batch_id())
                 if self.track_batches:
                     self.batch_ids.append(env.batch_id)
-                value = encode_arrow(chunk)
+                value = encode_arrow(chunk, self.settings.body_compression)
                 self._wait_for_room()
                 self._produce(partition, value, key, env.headers())
                 if self._guard is not None:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline import metrics, topics
 from pipeline.broker.embedded import FETCH_WAIT_MS
@@ -44,24 +44,26 @@ RETRY_MAX_SECONDS = 30.0
 
 @dataclass
 class PartitionBuffer:
-    tables: list[pa.Table] = field(default_factory=list)
+    """One partition's messages since its last flush, kept as they came (decoded when written)."""
+    bodies: list[tuple[int, Envelope, bytes]] = field(default_factory=list)  # (offset, envelope, value)
     first: int = -1
     last: int = -1
-    rows: int = 0
+    rows: int = 0  # as the envelopes count them (the count header)
     since: float = 0.0
     replay_until: int = -1  # after a restart: flush exactly at this offset to rewrite the same file names
     replay_from: int = -1  # first offset of the replayed range
     failures: int = 0  # consecutive failed writes of this buffer
     retry_at: float = 0.0
 
-    def add(self, offset: int, table: pa.Table | None) -> None:
+    def add(self, offset: int, env: Envelope | None, value: bytes | None) -> None:
+        """Buffer a message; ``env`` None (a duplicate batch) or an empty value only advances the offsets."""
         if self.first < 0:
             self.first = offset
             self.since = time.monotonic()
         self.last = offset
-        if table is not None and table.num_rows:
-            self.tables.append(table)
-            self.rows += table.num_rows
+        if env is not None and value:
+            self.bodies.append((offset, env, value))
+            self.rows += env.count
 
 
 @dataclass
@@ -160,12 +162,10 @@ class LakeSink:
                     del self._seen_batches[old]
         return env
 
-    def _decode(self, topic: str, value: bytes | None, env: Envelope) -> pa.Table | None:
-        if not value:
-            return None
+    def _decode(self, topic: str, value: bytes, env: Envelope) -> pa.Table:
         table_name = topics.TABLE_OF_TOPIC[topic]
         if env.content_type == ARROW:
-            table = decode_arrow(value)
+            table = decode_arrow(value, use_threads=False)  # the pool already writes partitions side by side
             schema = self._schemas[table_name]
             return table if table.schema.equals(schema) else table.cast(schema)
         result = parse_ndjson(split_ndjson(value), SCHEMA_OF_TABLE[table_name])
@@ -174,14 +174,20 @@ class LakeSink:
                                 f"{result.rejects[0].reason}")
         return result.table
 
-    def _decode_safely(self, job: tuple[Message, Envelope | None]) -> pa.Table | Exception | None:
-        msg, env = job
-        if env is None:
-            return None
-        try:
-            return self._decode(msg.topic(), msg.value(), env)
-        except (EnvelopeError, pa.ArrowException) as exc:
-            return exc
+    def _decode_buffer(self, key: tuple[str, int], buf: PartitionBuffer) -> tuple[list[pa.Table], int]:
+        """The buffer's messages as tables, and how many could not be decoded (logged, skipped)."""
+        tables, undecodable = [], 0
+        for offset, env, value in buf.bodies:
+            try:
+                table = self._decode(key[0], value, env)
+            except (EnvelopeError, pa.ArrowException) as exc:
+                # Our own worker wrote this; a message we cannot read is a bug to report, not to drop quietly.
+                undecodable += 1
+                log.error("cannot decode %s[%d]@%d, skipped: %s", key[0], key[1], offset, exc)
+                continue
+            if table.num_rows:
+                tables.append(table)
+        return tables, undecodable
 
     def _check_gap(self, key: tuple[str, int], offset: int) -> None:
         expected = self.next_offset.get(key)
@@ -197,7 +203,7 @@ class LakeSink:
 
     def poll_once(self, timeout: float = 0.2) -> int:
         msgs = self.consumer.consume(num_messages=1000, timeout=timeout)
-        jobs: list[tuple[Message, Envelope | None]] = []
+        rewound: set[tuple[str, int]] = set()
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -208,25 +214,15 @@ class LakeSink:
                 log.warning("consumer error: %s", err)
                 continue
             key = (msg.topic(), msg.partition())
-            if key not in self.buffers:
+            if key not in self.buffers or key in rewound:
                 continue
             self._check_gap(key, msg.offset())
-            jobs.append((msg, self._wanted(msg.topic(), msg.headers())))
-        # Decoded side by side; buffered in offset order.
-        rewound: set[tuple[str, int]] = set()
-        for (msg, _), table in zip(jobs, self._pool.map(self._decode_safely, jobs), strict=True):
-            key = (msg.topic(), msg.partition())
             if self.buffers[key].replay_until >= 0 and msg.offset() > self.buffers[key].replay_until:
-                if key not in rewound and not self._finish_replay(key, msg.offset()):
+                if not self._finish_replay(key, msg.offset()):
                     rewound.add(key)
-                if key in rewound:
                     continue
-            if isinstance(table, Exception):
-                # Our own worker wrote this; a message we cannot read is a bug to report, not to drop quietly.
-                self.stats.undecodable += 1
-                log.error("cannot decode %s[%d]@%d, skipped: %s", key[0], key[1], msg.offset(), table)
-                table = None
-            self.buffers[key].add(msg.offset(), table)
+            # Decoded when written: a buffered row then costs its compressed bytes, not ~1 KB of Arrow memory.
+            self.buffers[key].add(msg.offset(), self._wanted(msg.topic(), msg.headers()), msg.value())
             self.stats.messages += 1
         self.flush_due()
         return len(msgs)
@@ -269,19 +265,23 @@ class LakeSink:
 
     # -- durability ----------------------------------------------------------
 
-    def _write(self, key: tuple[str, int]) -> tuple[list[str], int] | LakeWriteError:
-        """Write one partition's buffer as lake files; runs on the pool, so it only touches that buffer."""
+    def _write(self, key: tuple[str, int]) -> tuple[list[str], int, int] | LakeWriteError:
+        """Decode and write one partition's buffer as lake files: (paths, rows, undecodable messages).
+
+        Runs on the pool, so it only touches that buffer.
+        """
         topic, partition = key
         buf = self.buffers[key]
-        if not buf.tables:
-            return [], 0
-        table = pa.concat_tables(buf.tables)
+        tables, undecodable = self._decode_buffer(key, buf)
+        if not tables:
+            return [], 0, undecodable
+        table = pa.concat_tables(tables)
         try:
             paths = self.writer.write(topics.TABLE_OF_TOPIC[topic], self.file_topic(topic), partition,
                                       buf.first, buf.last, table)
         except LakeWriteError as exc:
             return exc
-        return paths, table.num_rows
+        return paths, table.num_rows, undecodable
 
     def flush(self, keys: Sequence[tuple[str, int]], force: bool = False) -> None:
         """Write the partitions' buffers to the lake (renamed into place), then commit their offsets.
@@ -306,7 +306,7 @@ class LakeSink:
                 log.error("%s[%d]: cannot replay offsets %d..%d, Kafka no longer has %d..%d; keeping the lake's "
                           "files of that range as they are (parts of it that were never renamed are lost)",
                           key[0], key[1], buf.replay_from, buf.replay_until, buf.replay_from, buf.first - 1)
-                buf.tables.clear()
+                buf.bodies.clear()
             ready.append(key)
         commits: list[TopicPartition] = []
         for key, result in zip(ready, self._pool.map(self._write, ready), strict=True):
@@ -316,7 +316,8 @@ class LakeSink:
             if isinstance(result, LakeWriteError):
                 self._write_failed(key, buf, result)
                 continue
-            paths, rows = result
+            paths, rows, undecodable = result
+            self.stats.undecodable += undecodable
             self.stats.files += len(paths)
             self.stats.rows += rows
             metrics.SINK_FILES.labels(table_name).inc(len(paths))

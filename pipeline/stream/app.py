@@ -137,8 +137,8 @@ def create_app(settings: Settings) -> faust.App:
                 # Deterministic id: a window re-emitted after a crash is dropped by the sink.
                 env = Envelope("flow_window", "1", ARROW, table.num_rows, settings.node,
                                f"window:{source_id(settings)}:{partition}:{ws}:{rev}")
-                futures.append(await windowed.send(value=encode_arrow(table), partition=partition,
-                                                   headers=env.headers()))
+                body = encode_arrow(table, settings.body_compression)
+                futures.append(await windowed.send(value=body, partition=partition, headers=env.headers()))
                 metrics.WINDOW_ROWS.labels("correction" if rev else "window").inc(table.num_rows)
         return futures
 
@@ -198,7 +198,7 @@ def create_app(settings: Settings) -> faust.App:
                 futures = []
                 if out.enriched is not None:
                     env = Envelope("flow_enriched", "1", ARROW, out.enriched.num_rows, settings.node, out.batch_id)
-                    body = encode_arrow(out.enriched)
+                    body = encode_arrow(out.enriched, settings.body_compression)
                     if guard is not None:
                         guard.record(len(body), msg.partition)
                     futures.append(await enriched.send(value=body, key=event.key, partition=msg.partition,
