@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.schema import arrow_schema
-from pipeline.stream.windows import WindowAggregator
+from pipeline.stream.windows import MERGE_PARTS, WindowAggregator
 
 ENRICHED = arrow_schema("flow_enriched.v1")
 WINDOW_SCHEMA = arrow_schema("flow_window.v1")
@@ -239,3 +239,16 @@ def test_keys_split_windows_including_null_ports():
     out = agg.add(enriched(rows)) + agg.flush()
     got = {(r["dest_port"], r["action"]): r["bytes_in"] for t in out for r in t.to_pylist()}
     assert got == {(None, "allow"): 3, (8000, "deny"): 4, (8000, "allow"): 8}
+
+
+def test_many_small_batches_keep_few_parts_and_the_same_totals():
+    """An open window's partial aggregates are merged as they pile up (checkpoints snapshot them)."""
+    rows = random_rows(9, n=2000, span=120)
+    agg = WindowAggregator(60, 600)
+    out: list[pa.Table] = []
+    for i in range(0, len(rows), 5):  # 400 batches into two windows
+        out += agg.add(enriched(rows[i:i + 5]))
+    assert agg.open_windows == 2
+    assert sum(len(parts) for parts in agg.pending.values()) <= 2 * MERGE_PARTS < 400 // 10
+    out += agg.flush()
+    assert emitted_totals(out) == expected_totals(rows, 60)

@@ -164,6 +164,7 @@ def bench_freshness(settings: Settings, flows: int, console: Console) -> Figures
                 stack.check_alive()
             agent.finish()
             publish_seconds = time.perf_counter() - t0
+            backpressure = agent.publisher.stats.backpressure_waits
             total = sum(t.num_rows for t in tables)
             deadline = time.time() + 120
             while len(visible) < len(published) and time.time() < deadline:
@@ -177,6 +178,7 @@ def bench_freshness(settings: Settings, flows: int, console: Console) -> Figures
     return [
         ("freshness", "target_rate", float(FRESHNESS_RATE), "flows/s"),
         ("freshness", "published_rate", total / publish_seconds, "flows/s"),
+        ("freshness", "backpressure_wait", backpressure, "s"),
         ("freshness", "p50", float(np.percentile(lags, 50)), "s"),
         ("freshness", "p99", float(np.percentile(lags, 99)), "s"),
         ("freshness", "max", float(lags.max()), "s"),
