@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/flowctl demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/flowctl bench e2e --flows 2000000

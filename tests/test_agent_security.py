@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.publisher import PublishError, producer_config
 from pipeline.config import Settings, load_settings
+from tests.conftest import free_port
 
 SASL_PASSWORD = "sasl-Secret-4711"
 KEY_PASSWORD = "key-Secret-0815"
@@ -43,14 +43,8 @@ def client_cert(tmp_path_factory) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _secure_env(cert: Path, key: Path, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
-    return {"FLOWCTL_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}", "FLOWCTL_SECURITY_PROTOCOL": "SASL_SSL",
+    return {"FLOWCTL_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "FLOWCTL_SECURITY_PROTOCOL": "SASL_SSL",
             "FLOWCTL_SASL_MECHANISM": mechanism, "FLOWCTL_SASL_USERNAME": "flowctl-agent",
             "FLOWCTL_SASL_PASSWORD": SASL_PASSWORD, "FLOWCTL_SSL_CA_LOCATION": str(cert),
             "FLOWCTL_SSL_CERTIFICATE_LOCATION": str(cert), "FLOWCTL_SSL_KEY_LOCATION": str(key),

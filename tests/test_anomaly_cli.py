@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ from jsonschema import Draft202012Validator
 from jobs.anomaly.scenarios import DAY, T0, LakeBuilder, ScenarioCluster
 from pipeline.query.views import connect, query_table
 from pipeline.schema import schema_dir
+from tests.conftest import free_port
 
 ALERT_SCHEMA = Draft202012Validator(json.loads((schema_dir() / "alert.v1.json").read_text()))
 DAY1 = T0 + DAY
@@ -116,9 +116,7 @@ def test_the_interval_loop_scores_each_period_once_and_updates_the_ongoing_incid
 
 
 def test_sigterm_stops_the_interval_loop_cleanly(tmp_path: Path, lake: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     environ = {**os.environ, "FLOWCTL_DETECT_LOOKBACK_HOURS": "24", "FLOWCTL_METRICS_PORT": str(port)}
     cmd = [sys.executable, "-m", "pipeline.cli", "--state-dir", str(tmp_path / "state"), "detect", "--lake", str(lake),
            "--since", "-10m", "--until", "now", "--interval", "5m"]
@@ -183,9 +181,7 @@ def test_too_little_history_is_said_in_the_alert_context(tmp_path: Path, lake: P
 
 
 def test_a_dead_webhook_fails_the_run_but_every_other_destination_has_the_alerts(tmp_path: Path, lake: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    url = f"http://127.0.0.1:{free_port()}/hook"
     out = detect(tmp_path, lake, DAY1 + 12 * 3600, DAY1 + 16 * 3600, "--output", "alerts.jsonl", "--webhook", url)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +20,7 @@ from pipeline import topics
 from pipeline.broker.embedded import EmbeddedBroker
 from pipeline.config import Settings
 from pipeline.schema import schema_dir
+from tests.conftest import free_port
 from tests.test_anomaly import SINCE, build, run, windows
 
 ALERT_SCHEMA = Draft202012Validator(json.loads((schema_dir() / "alert.v1.json").read_text()))
@@ -86,10 +86,7 @@ class Receiver:
 
 def _dead_url() -> str:
     """A URL on a local port nobody listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/alerts"
+    return f"http://127.0.0.1:{free_port()}/alerts"
 
 
 def test_webhook_retries_server_errors_with_backoff_then_delivers_once(alerts: list[dict]) -> None:

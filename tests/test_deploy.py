@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
@@ -32,6 +31,7 @@ import yaml
 from jobs.policy.validate import PolicyValidationError, validate_object
 from pipeline import topics
 from pipeline.config import ENV_PREFIX, Settings, load_settings
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -429,18 +429,12 @@ def test_python_health_checks_compile_and_import_what_exists() -> None:
                     assert hasattr(module, alias.name), f"{name}: {node.module} has no {alias.name}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_metrics_health_check_passes_on_a_metrics_endpoint_and_fails_without_one() -> None:
     from prometheus_client import start_http_server
 
     worker = compose()["services"]["worker"]
     code = _python_check(worker)
-    port = _free_port()
+    port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1")
     try:
         ok = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FLOWCTL_METRICS_PORT": str(port)},
@@ -448,7 +442,7 @@ def test_metrics_health_check_passes_on_a_metrics_endpoint_and_fails_without_one
     finally:
         server.shutdown()
         thread.join(5)
-    down = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FLOWCTL_METRICS_PORT": str(_free_port())},
+    down = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FLOWCTL_METRICS_PORT": str(free_port())},
                           capture_output=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
     assert down.returncode != 0

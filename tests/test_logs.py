@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,16 +81,29 @@ def test_faust_worker_logs_json_lines_and_stops_promptly_on_sigterm(tmp_path: Pa
                "FLOWCTL_PARTITIONS": "2", "FLOWCTL_STATE_DIR": str(tmp_path / "state"),
                "FLOWCTL_SASL_PASSWORD": SECRET}
         cmd = [sys.executable, "-m", "pipeline.cli", "--log-format", "json", "--log-level", "info", "worker"]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        lines: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            for line in proc.stderr:
+                lines.append(line)
+                if "[^Worker]: Ready" in line:  # Faust's record once the worker has its partitions and runs
+                    ready.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         try:
-            time.sleep(12)
-            assert proc.poll() is None, proc.stderr.read()
+            ready.wait(90)
+            assert proc.poll() is None and ready.is_set(), "".join(lines)[-2000:]
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=25)
+            proc.wait(25)
+            reader.join(10)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+    err = "".join(lines)
     assert proc.returncode == 0, err[-2000:]
     records = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert records, "the worker logs at info level"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,10 @@ def test_a_full_spool_stops_the_caller_until_kafka_takes_the_backlog(broker, tmp
 
     thread = threading.Thread(target=source)
     thread.start()
-    thread.join(8)
+    deadline = time.monotonic() + 30
+    while not outbox.spool.full and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    thread.join(2)  # the spool is full: the source must not get to its end
     assert thread.is_alive(), "the source is not read while the spool is full"
     assert outbox.spool.full and len(sent) < 40
     broker.set_broker_up()

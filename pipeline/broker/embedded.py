@@ -69,6 +69,7 @@ def _load() -> ctypes.CDLL:
         "rd_kafka_mock_cluster_bootstraps": ([vp], cp),
         "rd_kafka_mock_topic_create": ([vp, cp, ctypes.c_int, ctypes.c_int], ctypes.c_int),
         "rd_kafka_mock_set_controller_id": ([vp, i32], ctypes.c_int),
+        "rd_kafka_mock_group_initial_rebalance_delay_ms": ([vp, i32], None),
         "rd_kafka_mock_broker_set_down": ([vp, i32], ctypes.c_int),
         "rd_kafka_mock_broker_set_up": ([vp, i32], ctypes.c_int),
         "rd_kafka_mock_broker_set_rtt": ([vp, i32, ctypes.c_int], ctypes.c_int),
@@ -129,6 +130,9 @@ class EmbeddedBroker:
             self.bootstrap_servers = lib.rd_kafka_mock_cluster_bootstraps(cluster).decode()
             # Clients that ask for the controller (topic declaration) fail without one.
             lib.rd_kafka_mock_set_controller_id(cluster, 1)
+            # Like Kafka's group.initial.rebalance.delay.ms, the mock waits 3 s before a new group's first
+            # rebalance; with one member per group here that only delays every start and restart.
+            lib.rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0)
         return self
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Shared integration fixtures: one lake built by the real pipeline, reused by the tests that only read it."""
+"""Shared integration fixtures: short group sessions for crash tests; one lake built by the real pipeline, reused by the tests that only read it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,19 @@ from pipeline.pipeline_ops import push
 from pipeline.runner import LocalStack
 
 T0 = 1_795_000_000 // 3600 * 3600
+
+
+@pytest.fixture()
+def short_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Consumer group sessions of 8 s for the roles this test starts, instead of the defaults (librdkafka 45 s, Faust 60 s).
+
+    A role killed and restarted under the same group gets its partitions back only once the killed member's
+    session expired; the restart is what the crash tests assert on, not the length of that wait.
+    """
+    monkeypatch.setenv("FLOWCTL_KAFKA_EXTRA_SESSION_TIMEOUT_MS", "8000")  # the sink (librdkafka)
+    monkeypatch.setenv("FLOWCTL_KAFKA_EXTRA_HEARTBEAT_INTERVAL_MS", "1000")
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "8")  # the worker: Faust reads these from the environment
+    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ def test_ingest_counts_windows_and_dead_letters(tmp_path: Path) -> None:
     assert len(hours) >= 2
 
 
-def test_sink_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path) -> None:
+def test_sink_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, short_sessions: None) -> None:
     gen = SyntheticCluster(seed=3, cluster="it")
     tables = list(gen.generate(T0, T0 + 1800, rate=60, batch_rows=5000))
     # make every flow identifiable: a unique byte count per row

@@ -24,6 +24,7 @@ from pipeline.query.saved import run_saved
 from pipeline.query.views import connect
 from pipeline.runner import LocalStack
 from pipeline.sink.lake import FileRange, ParquetLakeWriter
+from tests.conftest import free_port
 from tests.integration.test_sink_faults import enriched_batches, lake_rows, run_through_fault, truth
 
 pytestmark = pytest.mark.integration
@@ -33,15 +34,9 @@ T0 = 1_795_737_600  # 2026-11-27T00:00:00Z
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"

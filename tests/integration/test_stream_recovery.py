@@ -11,9 +11,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from pipeline import topics
 from pipeline.agent.agent import FlowAgent
 from pipeline.agent.sources.synthetic import SyntheticCluster
 from pipeline.config import Settings
+from pipeline.kafka import committed_offsets, group_reader
 from pipeline.query.views import connect, query_table
 from pipeline.runner import LocalStack
 from pipeline.stream.enrich import stable_workload
@@ -44,6 +46,17 @@ def _windows(lake: Path) -> dict[tuple, tuple[int, int]]:
     return {(r["ws"], r["w"]): (r["b"], r["n"]) for r in rows}
 
 
+def _wait_for_worker_commit(stack: LocalStack, timeout: float = 60) -> None:
+    reader = group_reader(stack.settings, stack.settings.worker_group)
+    try:
+        deadline = time.monotonic() + timeout
+        while not sum(committed_offsets(reader, topics.RAW, stack.settings.partitions).values()):
+            assert time.monotonic() < deadline, "the worker committed nothing"
+            time.sleep(0.05)
+    finally:
+        reader.close()
+
+
 def _run_with_interruption(tmp_path: Path, interrupt) -> tuple[dict, dict, int]:
     settings = Settings(lake=str(tmp_path / "lake"), state_dir=str(tmp_path / "state"), partitions=3,
                         window_seconds=60, grace_seconds=60, idle_flush_seconds=2.0, sink_flush_seconds=0.5)
@@ -54,7 +67,7 @@ def _run_with_interruption(tmp_path: Path, interrupt) -> tuple[dict, dict, int]:
         for t in tables[:half]:
             agent.publish(t)
         agent.finish()
-        time.sleep(1.5)  # let the worker process part of it and checkpoint
+        _wait_for_worker_commit(stack)  # the interruption comes after the worker processed part of it
         interrupt(stack)
 
         def rest() -> None:
@@ -74,14 +87,14 @@ def _run_with_interruption(tmp_path: Path, interrupt) -> tuple[dict, dict, int]:
     return _truth(tables, 60), _windows(tmp_path / "lake"), total
 
 
-def test_windows_equal_ground_truth_after_worker_sigkill(tmp_path: Path) -> None:
+def test_windows_equal_ground_truth_after_worker_sigkill(tmp_path: Path, short_sessions: None) -> None:
     truth, windows, total = _run_with_interruption(tmp_path, lambda stack: stack.kill_role("worker", signal.SIGKILL))
     assert windows == truth
     flows = query_table(connect(str(tmp_path / "lake")), "SELECT count(*) AS n FROM flows")["n"][0].as_py()
     assert flows == total
 
 
-def test_hand_over_to_a_new_worker_loses_and_doubles_nothing(tmp_path: Path) -> None:
+def test_hand_over_to_a_new_worker_loses_and_doubles_nothing(tmp_path: Path, short_sessions: None) -> None:
     """Worker A stops (partitions revoked, state checkpointed); worker B joins the group and resumes."""
     truth, windows, total = _run_with_interruption(tmp_path, lambda stack: stack.kill_role("worker", signal.SIGTERM))
     assert windows == truth
