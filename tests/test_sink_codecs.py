@@ -21,6 +21,7 @@ from pipeline.conform import ConformResult
 from pipeline.envelope import ARROW, Envelope, encode_arrow
 from pipeline.kafka import end_offsets, group_reader, wait_for_group
 from pipeline.pipeline_ops import account, push
+from pipeline.query.views import connect
 from pipeline.runner import LocalStack
 from pipeline.schema import arrow_schema
 from pipeline.sink.consumer import LakeSink
@@ -104,7 +105,7 @@ def test_sink_writes_the_same_rows_whatever_codec_each_message_has(tmp_path: Pat
     assert lake_table(settings.lake).to_pylist() == pa.concat_tables(tables).to_pylist()
 
 
-def test_an_undecodable_body_is_reported_and_the_rest_of_its_flush_is_written(tmp_path: Path, caplog) -> None:
+def test_an_undecodable_body_is_dead_lettered_and_the_rest_of_its_flush_is_written(tmp_path: Path, caplog) -> None:
     tables = enriched(batches=4, rows=300)
     settings = Settings(lake=str(tmp_path / "lake"), state_dir=str(tmp_path / "state"), partitions=1,
                         sink_flush_seconds=0.2)
@@ -119,7 +120,15 @@ def test_an_undecodable_body_is_reported_and_the_rest_of_its_flush_is_written(tm
         sink = sink_until_committed(stack.settings)
     assert sink.stats.undecodable == 1
     assert "cannot decode flows.enriched.v1[0]@2, skipped" in caplog.text
+    # named after the flush's offsets, like its flows files: a replay of the flush rewrites the same names
+    [dlq_file] = ParquetLakeWriter(settings.lake).lake_files("dlq")
+    flows_names = {(f.topic, f.first, f.last) for f in ParquetLakeWriter(settings.lake).lake_files("flows")}
+    assert flows_names == {(dlq_file.topic, dlq_file.first, dlq_file.last)}
     assert lake_table(settings.lake).to_pylist() == pa.concat_tables(tables).to_pylist()
+    dead = connect(settings.lake).execute(
+        "SELECT source_topic, source_partition, source_offset, batch_id, reason FROM dlq").fetchall()
+    assert [d[:4] for d in dead] == [(topics.ENRICHED, 0, 2, "codecs-2")]
+    assert dead[0][4].startswith("undecodable flows message: not a valid Arrow IPC stream")
 
 
 def topic_values(settings: Settings, topic: str) -> list[bytes]:

@@ -22,7 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from pipeline import metrics, topics
 from pipeline.broker.embedded import FETCH_WAIT_MS
@@ -45,7 +52,8 @@ RETRY_MAX_SECONDS = 30.0
 @dataclass
 class PartitionBuffer:
     """One partition's messages since its last flush, kept as they came (decoded when written)."""
-    bodies: list[tuple[int, Envelope, bytes]] = field(default_factory=list)  # (offset, envelope, value)
+    # (offset, envelope, value, Kafka timestamp in seconds)
+    bodies: list[tuple[int, Envelope, bytes, int]] = field(default_factory=list)
     first: int = -1
     last: int = -1
     rows: int = 0  # as the envelopes count them (the count header)
@@ -55,14 +63,14 @@ class PartitionBuffer:
     failures: int = 0  # consecutive failed writes of this buffer
     retry_at: float = 0.0
 
-    def add(self, offset: int, env: Envelope | None, value: bytes | None) -> None:
+    def add(self, offset: int, env: Envelope | None, value: bytes | None, timestamp: int = 0) -> None:
         """Buffer a message; ``env`` None (a duplicate batch) or an empty value only advances the offsets."""
         if self.first < 0:
             self.first = offset
             self.since = time.monotonic()
         self.last = offset
         if env is not None and value:
-            self.bodies.append((offset, env, value))
+            self.bodies.append((offset, env, value, timestamp))
             self.rows += env.count
 
 
@@ -174,20 +182,26 @@ class LakeSink:
                                 f"{result.rejects[0].reason}")
         return result.table
 
-    def _decode_buffer(self, key: tuple[str, int], buf: PartitionBuffer) -> tuple[list[pa.Table], int]:
-        """The buffer's messages as tables, and how many could not be decoded (logged, skipped)."""
-        tables, undecodable = [], 0
-        for offset, env, value in buf.bodies:
+    def _decode_buffer(self, key: tuple[str, int], buf: PartitionBuffer) -> tuple[list[pa.Table], list[dict]]:
+        """The buffer's messages as tables, and a dead-letter record for each message that cannot be decoded."""
+        tables, dead = [], []
+        for offset, env, value, timestamp in buf.bodies:
             try:
                 table = self._decode(key[0], value, env)
             except (EnvelopeError, pa.ArrowException) as exc:
                 # Our own worker wrote this; a message we cannot read is a bug to report, not to drop quietly.
-                undecodable += 1
                 log.error("cannot decode %s[%d]@%d, skipped: %s", key[0], key[1], offset, exc)
+                dead.append({
+                    "reason": f"undecodable {topics.TABLE_OF_TOPIC[key[0]]} message: {exc}",
+                    "source_topic": key[0], "source_partition": key[1], "source_offset": offset,
+                    "batch_id": env.batch_id or None, "row": None, "record": None, "raw": None,
+                    # The message's own time, so a replay writes the record to the same hour and file.
+                    "dlq_time": timestamp or int(time.time()),
+                })
                 continue
             if table.num_rows:
                 tables.append(table)
-        return tables, undecodable
+        return tables, dead
 
     def _check_gap(self, key: tuple[str, int], offset: int) -> None:
         expected = self.next_offset.get(key)
@@ -222,7 +236,9 @@ class LakeSink:
                     rewound.add(key)
                     continue
             # Decoded when written: a buffered row then costs its compressed bytes, not ~1 KB of Arrow memory.
-            self.buffers[key].add(msg.offset(), self._wanted(msg.topic(), msg.headers()), msg.value())
+            kind, ts = msg.timestamp()
+            self.buffers[key].add(msg.offset(), self._wanted(msg.topic(), msg.headers()), msg.value(),
+                                  ts // 1000 if kind != TIMESTAMP_NOT_AVAILABLE and ts > 0 else 0)
             self.stats.messages += 1
         self.flush_due()
         return len(msgs)
@@ -268,20 +284,31 @@ class LakeSink:
     def _write(self, key: tuple[str, int]) -> tuple[list[str], int, int] | LakeWriteError:
         """Decode and write one partition's buffer as lake files: (paths, rows, undecodable messages).
 
-        Runs on the pool, so it only touches that buffer.
+        Messages that cannot be decoded become ``dlq`` rows in a file named after the same offsets,
+        written before the offsets are committed like the rest. Runs on the pool, so it only
+        touches that buffer.
         """
         topic, partition = key
         buf = self.buffers[key]
-        tables, undecodable = self._decode_buffer(key, buf)
-        if not tables:
-            return [], 0, undecodable
-        table = pa.concat_tables(tables)
+        table_name = topics.TABLE_OF_TOPIC[topic]
+        tables, dead = self._decode_buffer(key, buf)
+        dead_table = pa.Table.from_pylist(dead, schema=self._schemas["dlq"]) if dead else None
+        if dead_table is not None and table_name == "dlq":
+            tables.append(dead_table)  # same table, same file name: one file
+            dead_table = None
+        paths: list[str] = []
+        rows = 0
         try:
-            paths = self.writer.write(topics.TABLE_OF_TOPIC[topic], self.file_topic(topic), partition,
-                                      buf.first, buf.last, table)
+            if tables:
+                table = pa.concat_tables(tables)
+                paths += self.writer.write(table_name, self.file_topic(topic), partition, buf.first, buf.last, table)
+                rows = table.num_rows
+            if dead_table is not None:
+                paths += self.writer.write("dlq", self.file_topic(topic), partition, buf.first, buf.last, dead_table)
+                metrics.SINK_ROWS.labels("dlq").inc(len(dead))
         except LakeWriteError as exc:
             return exc
-        return paths, table.num_rows, undecodable
+        return paths, rows, len(dead)
 
     def flush(self, keys: Sequence[tuple[str, int]], force: bool = False) -> None:
         """Write the partitions' buffers to the lake (renamed into place), then commit their offsets.
