@@ -15,7 +15,9 @@ class TimeParseError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """'90s', '5m', '2h', '1d' → seconds."""
+    """'90s', '5m', '2h', '1d' → seconds; a bare '0' needs no unit."""
+    if text.strip() == "0":
+        return 0.0
     m = _RELATIVE.match(text.strip())
     if not m or m.group("sign") == "-":
         raise TimeParseError(f"invalid duration {text!r}: use a number and a unit, e.g. 30s, 5m, 2h, 1d")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +18,6 @@ from pipeline.agent.sources.synthetic import SyntheticCluster
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.conform import ConformResult
 from pipeline.envelope import ARROW, Envelope, encode_arrow
-from pipeline.kafka import end_offsets, group_reader, wait_for_group
 from pipeline.pipeline_ops import account, push
 from pipeline.query.views import connect
 from pipeline.runner import LocalStack
@@ -27,6 +25,7 @@ from pipeline.schema import arrow_schema
 from pipeline.sink.consumer import LakeSink
 from pipeline.sink.lake import ParquetLakeWriter
 from pipeline.stream.enrich import FlowEnricher
+from tests.conftest import sink_in_thread, wait_until_sink_committed
 
 T0 = 1_795_000_000 // 3600 * 3600 - 600  # the batches straddle an hour boundary
 CODECS = ("zstd", "lz4", "none")
@@ -73,18 +72,8 @@ def test_bad_body_compression_stops_the_cli_with_one_line(tmp_path: Path) -> Non
 
 def sink_until_committed(settings: Settings) -> LakeSink:
     """Run a sink in this process until its group has committed everything in flows.enriched.v1."""
-    sink = LakeSink(settings)
-    stop = threading.Event()
-    runner = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-    runner.start()
-    probe = group_reader(settings, "codecs-probe")
-    try:
-        wait_for_group(settings, settings.sink_group, {topics.ENRICHED: end_offsets(probe, topics.ENRICHED)},
-                       timeout=60, what="sink")
-    finally:
-        probe.close()
-        stop.set()
-        runner.join(30)
+    with sink_in_thread(settings) as (sink, _):
+        wait_until_sink_committed(settings, timeout=60)
     return sink
 
 

@@ -97,7 +97,7 @@ def test_time_parse_error_is_a_value_error():
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("90s", 90), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1w", 7 * 86400), ("1.5m", 90), ("0s", 0),
+    ("90s", 90), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1w", 7 * 86400), ("1.5m", 90), ("0s", 0), ("0", 0),
     (" 10m ", 600), ("+5m", 300),
 ])
 def test_durations(text, seconds):

@@ -153,11 +153,9 @@ def compact(
     unknown = set(table) - set(TABLES)
     if unknown:
         raise ValueError(f"unknown table {sorted(unknown)[0]!r}: choose from {', '.join(TABLES)}")
-    age = 0.0 if min_age.strip() in ("0", "0s") else parse_duration(min_age)
-    settle = None if not settled.strip() else 0.0 if settled.strip() in ("0", "0s") else parse_duration(settled)
     writer = _writer(ctx.obj)
-    report = run_compaction(writer, table, target_rows=target_rows, min_age_seconds=age, dry_run=dry_run,
-                            settled_seconds=settle)
+    report = run_compaction(writer, table, target_rows=target_rows, min_age_seconds=parse_duration(min_age),
+                            dry_run=dry_run, settled_seconds=parse_duration(settled) if settled.strip() else None)
     if dry_run:
         for final, inputs in report.plan:
             print(f"{final} ← {len(inputs)} files")

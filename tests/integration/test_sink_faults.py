@@ -27,9 +27,9 @@ from pipeline.envelope import ARROW, Envelope, encode_arrow
 from pipeline.kafka import committed_offsets, end_offsets, group_reader, wait_for_group
 from pipeline.query.views import connect
 from pipeline.runner import LocalStack
-from pipeline.sink.consumer import LakeSink
 from pipeline.sink.lake import ParquetLakeWriter, parse_file_name
 from pipeline.stream.enrich import FlowEnricher
+from tests.conftest import sink_in_thread, wait_until_sink_committed
 
 pytestmark = pytest.mark.integration
 
@@ -270,46 +270,39 @@ def run_through_fault(settings: Settings, writer: ParquetLakeWriter, fault_on: C
     may be committed past the newest durable file of its partition. Then the fault clears and
     everything must be committed.
     """
-    sink = LakeSink(settings, writer=writer)
-    stop = threading.Event()
-    runner = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-    runner.start()
-    probe = group_reader(settings, settings.sink_group)
-    errors_before = write_errors()
-    try:
-        half = len(tables) // 2
-        publish(settings, tables[:half])
-        wait_for_group(settings, settings.sink_group, {topics.ENRICHED: end_offsets(probe, topics.ENRICHED)},
-                       timeout=60, what="sink")
-        fault_on()
-        publish(settings, tables[half:], first=half)
-        deadline = time.monotonic() + 20
-        while sink.stats.write_errors < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if sink.stats.write_errors < 3:
-            yield "the sink did not retry the failing write"
-        if write_errors() <= errors_before:
-            yield "flowctl_sink_write_errors_total did not count the failures"
-        for _ in range(10):  # the fault goes on: commits must stay behind the durable files
-            committed = committed_offsets(probe, topics.ENRICHED, settings.partitions)  # read before the files
-            durable: dict[int, int] = {}
-            for path in lake_files():
-                f = parse_file_name(path)
-                if f is not None and f.topic.startswith(topics.ENRICHED):
-                    durable[f.partition] = max(durable.get(f.partition, -1), f.last)
-            for partition, offset in committed.items():
-                if offset > durable.get(partition, -1) + 1:
-                    yield f"partition {partition} committed at {offset}, past its newest file ({durable.get(partition)})"
-            time.sleep(0.2)
-        if not runner.is_alive():
-            yield "the sink died during the fault"
-        fault_off()
-        wait_for_group(settings, settings.sink_group, {topics.ENRICHED: end_offsets(probe, topics.ENRICHED)},
-                       timeout=90, what="sink")
-    finally:
-        probe.close()
-        stop.set()
-        runner.join(30)
+    with sink_in_thread(settings, writer) as (sink, runner):
+        probe = group_reader(settings, settings.sink_group)
+        errors_before = write_errors()
+        try:
+            half = len(tables) // 2
+            publish(settings, tables[:half])
+            wait_until_sink_committed(settings, timeout=60)
+            fault_on()
+            publish(settings, tables[half:], first=half)
+            deadline = time.monotonic() + 20
+            while sink.stats.write_errors < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if sink.stats.write_errors < 3:
+                yield "the sink did not retry the failing write"
+            if write_errors() <= errors_before:
+                yield "flowctl_sink_write_errors_total did not count the failures"
+            for _ in range(10):  # the fault goes on: commits must stay behind the durable files
+                committed = committed_offsets(probe, topics.ENRICHED, settings.partitions)  # read before the files
+                durable: dict[int, int] = {}
+                for path in lake_files():
+                    f = parse_file_name(path)
+                    if f is not None and f.topic.startswith(topics.ENRICHED):
+                        durable[f.partition] = max(durable.get(f.partition, -1), f.last)
+                for partition, offset in committed.items():
+                    if offset > durable.get(partition, -1) + 1:
+                        yield f"partition {partition} committed at {offset}, past its newest file ({durable.get(partition)})"
+                time.sleep(0.2)
+            if not runner.is_alive():
+                yield "the sink died during the fault"
+            fault_off()
+            wait_until_sink_committed(settings, timeout=90)
+        finally:
+            probe.close()
 
 
 def test_disk_full_stops_commits_and_loses_nothing_once_space_returns(tmp_path: Path, caplog) -> None:
