@@ -370,9 +370,10 @@ register_recommend(app)
 def run() -> None:
     """Console entry point: known failures become one line on stderr and exit code 1."""
     from pipeline.agent.publisher import PublishError
-    from pipeline.runner import StackError
+    from pipeline.runner import StackError, stop_with_parent
     from pipeline.sink.lake import LakeWriteError
 
+    stop_with_parent()
     try:
         app(standalone_mode=False)
     except (CliError, ConfigError, TimeParseError, PublishError, StackError, LakeWriteError, TimeoutError,

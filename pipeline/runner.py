@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,12 +50,36 @@ def settings_env(settings: Settings) -> dict[str, str]:
 METRICS_PORT_OFFSETS = {"worker": 1, "sink": 2, "agent": 3, "detect": 4}
 
 
+# Set for the roles a LocalStack starts: the pid of the process that started them (see stop_with_parent).
+PARENT_ENV = ENV_PREFIX + "STACK_PARENT"
+
+
 def role_env(settings: Settings, role: str) -> dict[str, str]:
     """The environment of a child process running ``role`` with ``settings``."""
-    env = {**os.environ, **settings_env(settings)}
+    env = {**os.environ, **settings_env(settings), PARENT_ENV: str(os.getpid())}
     if settings.metrics_port:
         env[ENV_PREFIX + "METRICS_PORT"] = str(settings.metrics_port + METRICS_PORT_OFFSETS.get(role, 0))
     return env
+
+
+def stop_with_parent() -> None:
+    """In a role a LocalStack started: stop (SIGTERM to itself) once the process that started it is gone.
+
+    The embedded broker lives in that process; a role left behind by a killed ``flowctl up`` or a crashed
+    test would otherwise retry a dead address forever. Does nothing in a process started any other way.
+    """
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+    pid = int(parent)
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(1.0)
+        log.warning("the process that started this role (pid %d) is gone; stopping", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def broker_file(settings: Settings) -> Path:

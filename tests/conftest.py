@@ -1,12 +1,26 @@
-"""Helpers shared by every test: free local TCP ports, a lake sink running on a thread of the test."""
+"""Helpers shared by every test: free local TCP ports, a lake sink running on a thread of the test.
+
+Guards for the whole run: a test whose non-daemon thread outlives it fails (such a thread would keep the
+test process from exiting once every test ran), child processes left at the end are killed and listed,
+and a run that takes longer than RUN_LIMIT_SECONDS, or does not exit within EXIT_LIMIT_SECONDS of its last
+test, prints every thread's stack and ends with a failure instead of hanging.
+"""
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import random
+import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from pipeline import topics
 from pipeline.config import Settings
@@ -63,3 +77,86 @@ def wait_until_sink_committed(settings: Settings, timeout: float) -> None:
                        timeout=timeout, what="sink")
     finally:
         probe.close()
+
+
+RUN_LIMIT_SECONDS = 40 * 60  # `make test` takes 7-13 minutes on 2 cores
+EXIT_LIMIT_SECONDS = 60
+
+
+def _child_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of this process's live children, from /proc."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == me and fields[0] != "Z":
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                found.append((int(stat.parent.name), cmd))
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return found
+
+
+def _report_and_exit(config: pytest.Config, why: str, status: int) -> None:
+    """Print ``why``, every thread's stack and the live child processes on the real terminal; end the run."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.suspend_global_capture(in_=True)
+    out = sys.__stderr__
+    out.write(f"\n{'!' * 20} {why} {'!' * 20}\n")
+    out.flush()
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    for pid, cmd in _child_processes():
+        out.write(f"child process {pid} still running, killed: {cmd}\n")
+        os.kill(pid, signal.SIGKILL)
+    out.flush()
+    os._exit(status)
+
+
+def _watchdog(config: pytest.Config, seconds: float, why: str, status: Callable[[], int]) -> threading.Event:
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(seconds):
+            _report_and_exit(config, why, status())
+
+    threading.Thread(target=watch, name="test-run-watchdog", daemon=True).start()
+    return done
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_RUN_DONE] = _watchdog(
+        session.config, RUN_LIMIT_SECONDS, f"the test run took longer than {RUN_LIMIT_SECONDS}s", lambda: 1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_RUN_DONE].set()
+    for pid, cmd in _child_processes():
+        sys.__stderr__.write(f"child process {pid} outlived the tests, killed: {cmd}\n")
+        os.kill(pid, signal.SIGKILL)
+    session.config.stash[_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    status = config.stash.get(_STATUS, 1)
+    _watchdog(config, EXIT_LIMIT_SECONDS, f"the test process did not exit within {EXIT_LIMIT_SECONDS}s of its last test",
+              lambda: status)
+
+
+_RUN_DONE = pytest.StashKey[threading.Event]()
+_STATUS = pytest.StashKey[int]()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test() -> Iterator[None]:
+    """A test's non-daemon threads end with it: one left running would keep the test process from exiting."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and not t.daemon and t.is_alive()
+                and not t.name.startswith("ThreadPoolExecutor")]  # idle pool workers end at exit on their own
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f"non-daemon threads outlived the test: {[t.name for t in left]}"

@@ -160,7 +160,7 @@ def test_concurrent_reader_never_sees_missing_or_doubled_rows(writer, tmp_path) 
         finally:
             done.set()
 
-    thread = threading.Thread(target=compactor)
+    thread = threading.Thread(target=compactor, daemon=True)
     con = connect(str(lake), read_only=True)
     thread.start()
     answers = []

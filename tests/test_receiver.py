@@ -45,7 +45,7 @@ def receiving(agent: FlowAgent, confirm_timeout: float = 60.0):
         ready.set()
 
     thread = threading.Thread(target=serve_ndjson, args=(agent, GoldmaneAdapter(cluster="it"), "http://127.0.0.1:0", stop),
-                              kwargs={"on_ready": on_ready, "confirm_timeout": confirm_timeout})
+                              kwargs={"on_ready": on_ready, "confirm_timeout": confirm_timeout}, daemon=True)
     thread.start()
     try:
         assert ready.wait(30)

@@ -168,7 +168,7 @@ def test_a_full_spool_stops_the_caller_until_kafka_takes_the_backlog(broker, tmp
             outbox.poll(0)
             sent.append(i)
 
-    thread = threading.Thread(target=source)
+    thread = threading.Thread(target=source, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not outbox.spool.full and thread.is_alive() and time.monotonic() < deadline:

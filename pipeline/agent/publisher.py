@@ -236,7 +236,10 @@ class BatchPublisher:
             try:
                 lag = self._guard.worst_lag_bytes(pending_messages=len(self.producer))
             except KafkaException as exc:
-                # Broker unreachable: the producer keeps its queue and retries (or spools); wait with it.
+                # Broker unreachable: the producer keeps its queue and retries (or spools); wait with it,
+                # unless the agent is stopping.
+                if self.outbox.giving_up():
+                    raise PublishStopped("stopped while waiting for the worker to catch up") from exc
                 if time.monotonic() - warned > 30:
                     warned = time.monotonic()
                     log.warning("cannot read consumer lag of %s (%s); waiting", self.topic, exc)

@@ -36,6 +36,8 @@ def ship_file(agent: FlowAgent, tailer: FileTailer, adapter: LineAdapter, follow
     """
     stop = stop or threading.Event()
     stats = ShipStats()
+    # Read at every scrape: a value set by this loop would go stale while it waits for Kafka or the worker.
+    metrics.AGENT_SOURCE_LAG.set_function(lambda: tailer.lag_bytes)
     inflight: deque[tuple[int, Chunk]] = deque()
     last_save = time.monotonic()
     unsaved = False
@@ -49,7 +51,6 @@ def ship_file(agent: FlowAgent, tailer: FileTailer, adapter: LineAdapter, follow
         if unsaved and time.monotonic() - last_save >= save_every:
             tailer.checkpoint.save()
             last_save, unsaved = time.monotonic(), False
-            metrics.AGENT_SOURCE_LAG.set(tailer.lag_bytes)
 
     try:
         while not stop.is_set():
@@ -76,7 +77,6 @@ def ship_file(agent: FlowAgent, tailer: FileTailer, adapter: LineAdapter, follow
                 if not follow:
                     break
                 settle(idle_seconds)
-                metrics.AGENT_SOURCE_LAG.set(tailer.lag_bytes)
         agent.finish()
         settle(0)
     finally:

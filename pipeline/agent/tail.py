@@ -280,7 +280,7 @@ class FileTailer:
     def lag_bytes(self) -> int:
         """Bytes of the followed files not yet confirmed by Kafka."""
         total = 0
-        for state in self.checkpoint.files.values():
+        for state in list(self.checkpoint.files.values()):  # also read by the metrics thread
             try:
                 total += max(0, os.path.getsize(state.path) - state.offset)
             except OSError:

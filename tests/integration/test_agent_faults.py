@@ -135,6 +135,7 @@ def test_broker_down_while_publishing_loses_and_doubles_nothing(tmp_path: Path) 
 def _shipping(agent: FlowAgent, tailer: FileTailer) -> Iterator[threading.Thread]:
     """Follow the Calico file in a background thread for the block; its exception fails the test."""
     stop = threading.Event()
+    agent.outbox.give_up = stop  # as the agent verb does: a stopping agent ends its waits for Kafka and the worker
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -143,7 +144,7 @@ def _shipping(agent: FlowAgent, tailer: FileTailer) -> Iterator[threading.Thread
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
-    shipper = threading.Thread(target=run)
+    shipper = threading.Thread(target=run, daemon=True)
     shipper.start()
     try:
         yield shipper

@@ -149,7 +149,7 @@ def test_sink_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, short_
                 agent.publish(t)  # backpressure holds the agent while the sink is down
             agent.finish(flush_windows=True)
 
-        publisher = threading.Thread(target=publish_rest)
+        publisher = threading.Thread(target=publish_rest, daemon=True)
         publisher.start()
         time.sleep(1.0)
         stack.start_role("sink")

@@ -75,7 +75,7 @@ def _run_with_interruption(tmp_path: Path, interrupt) -> tuple[dict, dict, int]:
                 agent.publish(t)
             agent.finish(flush_windows=True)
 
-        publisher = threading.Thread(target=rest)
+        publisher = threading.Thread(target=rest, daemon=True)
         publisher.start()
         time.sleep(0.5)
         stack.start_role("worker")
