@@ -1,5 +1,6 @@
-"""The agent's wait for its worker on the embedded broker ends when the agent is told to stop,
-also while the broker cannot be reached (a stopping agent must not hang on an absent Kafka)."""
+"""The agent's wait for its worker on the embedded broker: it ends when the agent is told to stop, also
+while the broker cannot be reached (a stopping agent must not hang on an absent Kafka), and it gives
+way to the spool once Kafka stayed away as long as a delivery may take."""
 
 from __future__ import annotations
 
@@ -43,15 +44,7 @@ def test_stop_ends_the_wait_for_the_worker(broker_down: bool) -> None:
         publisher = threading.Thread(target=publish, daemon=True)
         publisher.start()
         try:
-            batches, still_since = -1, time.monotonic()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and publisher.is_alive():
-                if agent.stats.batches != batches:
-                    batches, still_since = agent.stats.batches, time.monotonic()
-                elif time.monotonic() - still_since > 2:
-                    break  # the publisher waits for the worker
-                time.sleep(0.1)
-            assert publisher.is_alive() and 0 < batches, "the agent waits for the worker once the lag limit is hit"
+            _wait_until_still(agent, publisher)
             if broker_down:
                 broker.set_broker_down()
                 time.sleep(1.5)  # the lag can no longer be read
@@ -67,3 +60,47 @@ def test_stop_ends_the_wait_for_the_worker(broker_down: bool) -> None:
                 broker.set_broker_up()
             publisher.join(30)
             agent.close()
+
+
+def test_an_agent_waiting_for_the_worker_spools_once_kafka_stays_away(tmp_path) -> None:
+    """Nothing in flight, so no delivery times out: the unreadable lag itself says Kafka is away."""
+    tables = list(SyntheticCluster(seed=6, cluster="it").generate(T0, T0 + 3600, rate=200, batch_rows=2000))
+    with EmbeddedBroker() as broker:
+        broker.create_topics(topics.topic_specs(2, 1))
+        settings = Settings(bootstrap_servers=broker.bootstrap_servers, broker_kind="embedded", partitions=2,
+                            max_lag_bytes=64 * 1024, agent_spool_after_seconds=1.0)
+        agent = FlowAgent(settings, spool_dir=tmp_path / "spool")
+        stop = threading.Event()
+        agent.outbox.give_up = stop
+        publisher = threading.Thread(target=lambda: [agent.publish(t) for t in tables if not stop.is_set()],
+                                     daemon=True)
+        publisher.start()
+        try:
+            _wait_until_still(agent, publisher)
+            waiting_at = agent.stats.batches
+            assert len(agent.spool) == 0
+            broker.set_broker_down()
+            deadline = time.monotonic() + 30
+            while agent.stats.batches == waiting_at and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert agent.stats.batches > waiting_at, "publishing goes on into the spool"
+            agent.poll(0.5)
+            assert len(agent.spool) > 0 and agent.outbox.stats.outages == 1
+        finally:
+            stop.set()
+            broker.set_broker_up()
+            publisher.join(30)
+            agent.close()
+
+
+def _wait_until_still(agent: FlowAgent, publisher: threading.Thread) -> None:
+    """Until the publisher stopped publishing for 2 s (it waits for the worker)."""
+    batches, still_since = -1, time.monotonic()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and publisher.is_alive():
+        if agent.stats.batches != batches:
+            batches, still_since = agent.stats.batches, time.monotonic()
+        elif time.monotonic() - still_since > 2:
+            break
+        time.sleep(0.1)
+    assert publisher.is_alive() and 0 < batches, "the agent waits for the worker once the lag limit is hit"

@@ -124,6 +124,7 @@ class BatchPublisher:
         self.tracker = tracker or DeliveryTracker()
         self.topic = topic
         self.node = node or settings.node
+        self.delivery_timeout = delivery_timeout
         self.producer = Producer(producer_config(settings, delivery_timeout))
         self.outbox = Outbox({topic: self.producer}, self.tracker)
         self.stats = PublishStats()
@@ -230,16 +231,25 @@ class BatchPublisher:
         if self._guard is None or self.outbox.state != DIRECT or not self._guard.due():
             return
         started = warned = time.monotonic()
+        unreachable_since: float | None = None
         # A spooling outbox adds nothing to the broker's lag: stop waiting when Kafka goes away.
         while self.outbox.state == DIRECT:
             self.outbox.poll(0)
             try:
                 lag = self._guard.worst_lag_bytes(pending_messages=len(self.producer))
+                unreachable_since = None
             except KafkaException as exc:
                 # Broker unreachable: the producer keeps its queue and retries (or spools); wait with it,
                 # unless the agent is stopping.
                 if self.outbox.giving_up():
                     raise PublishStopped("stopped while waiting for the worker to catch up") from exc
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since >= self.delivery_timeout and self.outbox.spool is not None:
+                    # Away as long as an unconfirmed delivery may be: spool, as for a delivery that timed out
+                    # (with nothing in flight, no delivery would ever time out to say so).
+                    self.outbox.kafka_unreachable()
+                    continue
                 if time.monotonic() - warned > 30:
                     warned = time.monotonic()
                     log.warning("cannot read consumer lag of %s (%s); waiting", self.topic, exc)

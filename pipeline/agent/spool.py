@@ -316,6 +316,11 @@ class Outbox:
         self.state = state
         self._next_probe = 0.0
 
+    def kafka_unreachable(self) -> None:
+        """Kafka cannot be reached (told by a caller that found out without a delivery): spool from now on."""
+        if self.spool is not None and self.state == DIRECT:
+            self._enter(SPOOLING)
+
     def _producer(self, topic: str) -> Producer:
         return self.producers[topic]
 
