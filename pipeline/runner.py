@@ -144,16 +144,18 @@ class LocalStack:
         self.procs[name] = proc
         return proc
 
-    def kill_role(self, name: str, sig: int = signal.SIGKILL, grace: float = 30.0) -> None:
-        """Signal a role; one that has not exited ``grace`` seconds later is killed (as Kubernetes would)."""
+    def kill_role(self, name: str, sig: int = signal.SIGKILL, grace: float = 30.0) -> int:
+        """Signal a role; one that has not exited ``grace`` seconds later is killed (as Kubernetes would).
+
+        Returns its exit code (negative: the signal that ended it)."""
         proc = self.procs.pop(name)
         proc.send_signal(sig)
         try:
-            proc.wait(grace)
+            return proc.wait(grace)
         except subprocess.TimeoutExpired:
             log.error("%s did not stop within %.0fs of signal %d; killing it", name, grace, sig)
             proc.kill()
-            proc.wait(30)
+            return proc.wait(30)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():

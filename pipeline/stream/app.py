@@ -62,10 +62,25 @@ def source_id(settings: Settings) -> str:
     return settings.lake_source_id or settings.bootstrap_servers
 
 
+class FlowApp(faust.App):
+    """A Faust app that runs ``before_stop`` first when it stops.
+
+    Faust's stop waits until every message handed to an agent is acknowledged, while its timers already
+    ended; the worker acknowledges at checkpoints, so it must checkpoint on its own before that wait.
+    """
+
+    before_stop = None  # async callable, set by create_app
+
+    async def on_stop(self) -> None:
+        if self.before_stop is not None:
+            await self.before_stop()
+        await super().on_stop()
+
+
 def create_app(settings: Settings) -> faust.App:
     """The worker app; on the embedded broker topics must exist before it starts (no CreateTopics)."""
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = FlowApp(
         settings.worker_group,
         **_faust_broker_settings(settings),
         datadir=str(Path(settings.state_dir) / "worker"),
@@ -95,7 +110,7 @@ def create_app(settings: Settings) -> faust.App:
     held: dict[int, list] = defaultdict(list)  # partition → events processed but not yet acknowledged
     last_offset: dict[int, int] = {}
     inflight: list = []  # output deliveries not yet confirmed
-    current = {"stream": None, "checkpoint_at": time.monotonic()}
+    current = {"stream": None, "checkpoint_at": time.monotonic(), "stopping": False}
     reader = None
     # On the embedded broker the worker waits while the sink lags, or the broker would drop
     # enriched batches the sink has not written yet.
@@ -143,14 +158,14 @@ def create_app(settings: Settings) -> faust.App:
         return futures
 
     async def wait_for_sink() -> None:
-        if guard is None or not guard.due():
+        if guard is None or current["stopping"] or not guard.due():
             return
         async with lock:
             # Deliveries still in flight are not in the end offsets yet: confirm them first.
             if inflight:
                 await asyncio.wait_for(asyncio.gather(*inflight), DELIVERY_TIMEOUT)
                 inflight.clear()
-        while guard.worst_lag_bytes() > settings.max_lag_bytes:
+        while guard.worst_lag_bytes() > settings.max_lag_bytes and not current["stopping"]:
             await asyncio.sleep(0.1)
 
     async def checkpoint() -> None:
@@ -172,14 +187,25 @@ def create_app(settings: Settings) -> faust.App:
         for event in to_ack:
             await stream.ack(event)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app, revoked, **kwargs):
+    async def final_checkpoint(when: str) -> None:
         try:
             # Bounded: during shutdown the producer may already be gone. Without this checkpoint nothing
             # more is acknowledged, and the next owner replays from the last one — safe, only slower.
             await asyncio.wait_for(checkpoint(), 10.0)
-        except Exception as exc:  # noqa: BLE001 - revocation must complete (timeouts included)
-            log.warning("no checkpoint at partition revocation (%s); the next owner replays from the last one", exc)
+        except Exception as exc:  # noqa: BLE001 - revocation and stop must complete (timeouts included)
+            log.warning("no checkpoint at %s (%s); the next owner replays from the last one", when, exc)
+
+    async def before_stop() -> None:
+        # From now on every processed message is checkpointed (and so acknowledged) at once, and the wait
+        # for the sink ends: Faust's stop waits for the messages already handed to the agent.
+        current["stopping"] = True
+        await final_checkpoint("stop")
+
+    app.before_stop = before_stop
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs):
+        await final_checkpoint("partition revocation")
         for tp in revoked:
             if tp.topic == topics.RAW:
                 processor.forget_partition(tp.partition)
@@ -214,7 +240,8 @@ def create_app(settings: Settings) -> faust.App:
                 held[msg.partition].append(event)
                 last_offset[msg.partition] = msg.offset
                 pending = sum(len(v) for v in held.values())
-            if pending >= CHECKPOINT_MESSAGES or time.monotonic() - current["checkpoint_at"] >= CHECKPOINT_SECONDS:
+            if (pending >= CHECKPOINT_MESSAGES or current["stopping"]
+                    or time.monotonic() - current["checkpoint_at"] >= CHECKPOINT_SECONDS):
                 await checkpoint()
 
     @app.timer(interval=CHECKPOINT_SECONDS)

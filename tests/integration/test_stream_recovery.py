@@ -96,7 +96,10 @@ def test_windows_equal_ground_truth_after_worker_sigkill(tmp_path: Path, short_s
 
 def test_hand_over_to_a_new_worker_loses_and_doubles_nothing(tmp_path: Path, short_sessions: None) -> None:
     """Worker A stops (partitions revoked, state checkpointed); worker B joins the group and resumes."""
-    truth, windows, total = _run_with_interruption(tmp_path, lambda stack: stack.kill_role("worker", signal.SIGTERM))
+    def hand_over(stack: LocalStack) -> None:
+        assert stack.kill_role("worker", signal.SIGTERM) == 0, "worker A stops cleanly on SIGTERM, not killed"
+
+    truth, windows, total = _run_with_interruption(tmp_path, hand_over)
     assert windows == truth
     flows = query_table(connect(str(tmp_path / "lake")), "SELECT count(*) AS n FROM flows")["n"][0].as_py()
     assert flows == total
