@@ -336,7 +336,8 @@ def up(
     source: str = typer.Option("synthetic", help="synthetic (real-time traffic of a synthetic cluster) or any `flowctl agent --source`."),
     rate: float = typer.Option(2000.0, help="synthetic: mean flow records per second."),
     seed: int = typer.Option(7, help="synthetic: random seed."),
-    detect_interval: str = typer.Option("5m", help="Run anomaly detection this often (empty: never)."),
+    detect_interval: str = typer.Option("5m", help="Run anomaly detection this often, a whole number of detection "
+                                       "buckets (detect_bucket_seconds, 5 min); empty: never."),
     recommend_interval: str = typer.Option("1h", help="Run policy recommendation this often (empty: never)."),
     compact_interval: str = typer.Option("5m", help="Compact the lake this often: finished hours, and the current hour's files "
                                          "older than 2 minutes (empty: never)."),
@@ -348,9 +349,12 @@ def up(
     """Run broker, agent, worker, sink and periodic jobs on this machine until Ctrl-C, with a live view."""
     from pipeline.up import Stack
 
+    settings = _settings(ctx)
     if detect_interval:
-        parse_duration(detect_interval)
-    stack = Stack(_settings(ctx), source, rate, seed, detect_interval,
+        from jobs.anomaly.cli import parse_interval
+
+        parse_interval(detect_interval, settings.detect_bucket_seconds, "--detect-interval")  # or detect would exit
+    stack = Stack(settings, source, rate, seed, detect_interval,
                   parse_duration(recommend_interval) if recommend_interval else 0.0, output,
                   parse_duration(compact_interval) if compact_interval else 0.0)
     stack.start()

@@ -31,7 +31,7 @@ from pipeline.agent.agent import FlowAgent
 from pipeline.agent.live import publish_live
 from pipeline.config import Settings
 from pipeline.kafka import committed_offsets, end_offsets, group_reader
-from pipeline.runner import LocalStack, role_env, write_broker_file
+from pipeline.runner import LocalStack, StackError, role_env, write_broker_file
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Stack:
                 continue
             self.restarts[name] = self.restarts.get(name, 0) + 1
             if self.restarts[name] > 5:
-                raise RuntimeError(f"{name} exited {self.restarts[name]} times (last exit code {proc.returncode}); giving up")
+                raise StackError(f"{name} exited {self.restarts[name]} times (last exit code {proc.returncode}); giving up")
             console.print(f"[yellow]{name} exited with code {proc.returncode}; restarting it[/]")
             del self.local.procs[name]
             self.local.start_role(name, self.local.role_args[name])

@@ -66,6 +66,15 @@ def test_bad_config_file_is_reported(tmp_path: Path) -> None:
     _one_line_error(flowctl("sql", "SELECT 1", cwd=tmp_path), "partitions")
 
 
+@pytest.mark.parametrize("interval, needle", [("1m", "must be a whole number of detection buckets"), ("soon", "must look like")])
+def test_up_refuses_a_detection_interval_before_starting_anything(tmp_path: Path, interval: str, needle: str) -> None:
+    """Checked up front: the detect role would otherwise exit on it again and again once the stack runs."""
+    out = flowctl("--state-dir", str(tmp_path / "state"), "--lake", str(tmp_path / "lake"), "up", "--no-view",
+                  "--detect-interval", interval, cwd=tmp_path)
+    _one_line_error(out, f"--detect-interval {needle}")
+    assert not (tmp_path / "state" / "broker.json").exists() and not (tmp_path / "lake").exists()
+
+
 def test_bad_relative_time(tmp_path: Path) -> None:
     _one_line_error(flowctl("--state-dir", str(tmp_path), "--bootstrap-servers", "127.0.0.1:1", "agent",
                             "--since", "yesterday-ish", cwd=tmp_path), "invalid time")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
 from pathlib import Path
 
+import pytest
+from rich.console import Console
+
 from pipeline.config import Settings
+from pipeline.runner import StackError
 from pipeline.sink.lake import ParquetLakeWriter
 from pipeline.up import Stack
 from tests.test_lake_maintenance import fill, ids
@@ -46,3 +51,15 @@ def test_a_failing_periodic_job_is_logged_and_retried(tmp_path: Path, caplog) ->
                    until=lambda: sum("failed" in r.message for r in caplog.records) >= 2)
     failures = [r.message for r in caplog.records if "flowctl sql failed (exit 1)" in r.message]
     assert len(failures) >= 2 and "no_such_table" in failures[0]
+
+
+def test_a_role_that_keeps_exiting_ends_up_with_a_stack_error(tmp_path: Path) -> None:
+    """Restarted five times, then reported as a StackError (one line at the CLI), not a traceback."""
+    stack = _stack(tmp_path)
+    stack.local.start_role("detect", ["detect", "--interval", "1s"])  # exits 1 at once: not whole buckets
+    deadline = time.monotonic() + 120
+    with pytest.raises(StackError, match=r"detect exited 6 times \(last exit code 1\); giving up"):
+        while time.monotonic() < deadline:
+            stack._restart_dead_roles(Console(file=io.StringIO()))
+            time.sleep(0.2)
+    assert stack.restarts["detect"] == 6

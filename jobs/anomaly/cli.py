@@ -29,14 +29,15 @@ def _sinks(settings, output: str | None, webhook: str | None):
     return sinks
 
 
-def _parse_interval(text: str, bucket: int) -> int:
+def parse_interval(text: str, bucket: int, option: str = "--interval") -> int:
+    """Seconds of a detection interval (30s, 5m, 1h …); it must be a whole number of ``bucket`` seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
     try:
         value = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
     except (ValueError, IndexError):
-        raise ValueError(f"--interval must look like 30s, 5m or 1h, got {text!r}") from None
+        raise ValueError(f"{option} must look like 30s, 5m or 1h, got {text!r}") from None
     if value < bucket or value % bucket:
-        raise ValueError(f"--interval must be a whole number of detection buckets ({bucket} s), got {text!r}")
+        raise ValueError(f"{option} must be a whole number of detection buckets ({bucket} s), got {text!r}")
     return value
 
 
@@ -88,7 +89,7 @@ def register(app: typer.Typer) -> None:
         start, end = parse_time(since), parse_time(until)
         if end <= start:
             raise ValueError(f"--until ({until}) must be after --since ({since})")
-        every = _parse_interval(interval, settings.detect_bucket_seconds) if interval else None
+        every = parse_interval(interval, settings.detect_bucket_seconds) if interval else None
         if runs is not None and every is None:
             raise ValueError("--runs needs --interval")
         _check_lake(settings.lake)
