@@ -52,6 +52,7 @@ METRICS_PORT_OFFSETS = {"worker": 1, "sink": 2, "agent": 3, "detect": 4}
 
 # Set for the roles a LocalStack starts: the pid of the process that started them (see stop_with_parent).
 PARENT_ENV = ENV_PREFIX + "STACK_PARENT"
+ORPHAN_GRACE_SECONDS = 15.0
 
 
 def role_env(settings: Settings, role: str) -> dict[str, str]:
@@ -63,7 +64,8 @@ def role_env(settings: Settings, role: str) -> dict[str, str]:
 
 
 def stop_with_parent() -> None:
-    """In a role a LocalStack started: stop (SIGTERM to itself) once the process that started it is gone.
+    """In a role a LocalStack started: stop (SIGTERM to itself) once the process that started it is gone,
+    and exit ORPHAN_GRACE_SECONDS later if that stop has not finished.
 
     The embedded broker lives in that process; a role left behind by a killed ``flowctl up`` or a crashed
     test would otherwise retry a dead address forever. Does nothing in a process started any other way.
@@ -78,6 +80,12 @@ def stop_with_parent() -> None:
             time.sleep(1.0)
         log.warning("the process that started this role (pid %d) is gone; stopping", pid)
         os.kill(os.getpid(), signal.SIGTERM)
+        # A stop that needs the broker (a final commit, leaving the group) cannot finish without it.
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        log.error("still running %.0fs after its stack died; exiting (files written are kept, offsets not "
+                  "committed are read again by the next run)", ORPHAN_GRACE_SECONDS)
+        logging.shutdown()
+        os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 

@@ -12,14 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.runner import ORPHAN_GRACE_SECONDS
+
 pytestmark = pytest.mark.integration
 
 STACK = textwrap.dedent("""
     import sys, time
+    from pipeline.agent.agent import FlowAgent
+    from pipeline.agent.sources.synthetic import SyntheticCluster
     from pipeline.config import Settings
     from pipeline.runner import LocalStack
-    stack = LocalStack(Settings(lake=sys.argv[1], state_dir=sys.argv[2], partitions=1), worker=False).start()
-    print(stack.procs["sink"].pid, flush=True)
+    stack = LocalStack(Settings(lake=sys.argv[1], state_dir=sys.argv[2], partitions=2)).start()
+    agent = FlowAgent(stack.settings)
+    for table in SyntheticCluster(seed=3, cluster="it").generate(1_795_000_000, 1_795_000_600, rate=200):
+        agent.publish(table)
+    agent.finish()
+    print(" ".join(str(p.pid) for p in stack.procs.values()), flush=True)
     time.sleep(600)
 """)
 
@@ -32,23 +40,25 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_role_stops_when_its_stack_process_is_killed(tmp_path: Path) -> None:
+def test_busy_roles_stop_when_their_stack_process_is_killed(tmp_path: Path) -> None:
+    """Worker and sink still working when the process holding the broker is SIGKILLed: both exit by themselves
+    (those whose stop needs the broker after the grace period)."""
     parent = subprocess.Popen([sys.executable, "-c", STACK, str(tmp_path / "lake"), str(tmp_path / "state")],
                               stdout=subprocess.PIPE, text=True)
-    sink = 0
+    roles: list[int] = []
     try:
-        sink = int(parent.stdout.readline())
-        time.sleep(3)
-        assert _alive(sink), "the sink runs while its stack does"
+        roles = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(roles) == 2 and all(_alive(pid) for pid in roles), "worker and sink run while their stack does"
         parent.send_signal(signal.SIGKILL)
         parent.wait(30)
-        deadline = time.monotonic() + 30
-        while _alive(sink) and time.monotonic() < deadline:
+        deadline = time.monotonic() + ORPHAN_GRACE_SECONDS + 30
+        while any(_alive(pid) for pid in roles) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(sink), "the orphaned sink still runs"
+        assert not any(_alive(pid) for pid in roles), "an orphaned role still runs"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(30)
-        if sink and _alive(sink):
-            os.kill(sink, signal.SIGKILL)
+        for pid in roles:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
