@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,18 +83,36 @@ RUN_LIMIT_SECONDS = 40 * 60  # `make test` takes 7-13 minutes on 2 cores
 EXIT_LIMIT_SECONDS = 60
 
 
-def _child_processes() -> list[tuple[int, str]]:
-    """(pid, command line) of this process's live children, from /proc."""
-    me, found = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it has ended)."""
+    stat = process_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _kill_children(out, why: str) -> None:
+    """SIGKILL this process's live children, each named on ``out`` with ``why``."""
+    me = os.getpid()
+    for proc in Path("/proc").glob("[0-9]*"):
+        pid = int(proc.name)
+        stat = process_stat(pid)
+        if stat is None or stat[1] != me or stat[0] == "Z":
+            continue
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == me and fields[0] != "Z":
-                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                found.append((int(stat.parent.name), cmd))
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended while we looked
-    return found
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue  # it ended while we looked
+        out.write(f"child process {pid} {why}, killed: {cmd}\n")
+    out.flush()
 
 
 def _report_and_exit(config: pytest.Config, why: str, status: int) -> None:
@@ -106,19 +124,17 @@ def _report_and_exit(config: pytest.Config, why: str, status: int) -> None:
     out.write(f"\n{'!' * 20} {why} {'!' * 20}\n")
     out.flush()
     faulthandler.dump_traceback(file=out, all_threads=True)
-    for pid, cmd in _child_processes():
-        out.write(f"child process {pid} still running, killed: {cmd}\n")
-        os.kill(pid, signal.SIGKILL)
-    out.flush()
+    _kill_children(out, "still running")
     os._exit(status)
 
 
-def _watchdog(config: pytest.Config, seconds: float, why: str, status: Callable[[], int]) -> threading.Event:
+def _watchdog(config: pytest.Config, seconds: float, why: str, status: int) -> threading.Event:
+    """After ``seconds``, unless the returned event is set first: _report_and_exit with ``status``."""
     done = threading.Event()
 
     def watch() -> None:
         if not done.wait(seconds):
-            _report_and_exit(config, why, status())
+            _report_and_exit(config, why, status)
 
     threading.Thread(target=watch, name="test-run-watchdog", daemon=True).start()
     return done
@@ -126,21 +142,18 @@ def _watchdog(config: pytest.Config, seconds: float, why: str, status: Callable[
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_RUN_DONE] = _watchdog(
-        session.config, RUN_LIMIT_SECONDS, f"the test run took longer than {RUN_LIMIT_SECONDS}s", lambda: 1)
+        session.config, RUN_LIMIT_SECONDS, f"the test run took longer than {RUN_LIMIT_SECONDS}s", 1)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_RUN_DONE].set()
-    for pid, cmd in _child_processes():
-        sys.__stderr__.write(f"child process {pid} outlived the tests, killed: {cmd}\n")
-        os.kill(pid, signal.SIGKILL)
+    _kill_children(sys.__stderr__, "outlived the tests")
     session.config.stash[_STATUS] = int(exitstatus)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    status = config.stash.get(_STATUS, 1)
     _watchdog(config, EXIT_LIMIT_SECONDS, f"the test process did not exit within {EXIT_LIMIT_SECONDS}s of its last test",
-              lambda: status)
+              config.stash.get(_STATUS, 1))
 
 
 _RUN_DONE = pytest.StashKey[threading.Event]()

@@ -250,8 +250,8 @@ class BatchPublisher:
                     # (with nothing in flight, no delivery would ever time out to say so).
                     self.outbox.kafka_unreachable()
                     continue
-                if time.monotonic() - warned > 30:
-                    warned = time.monotonic()
+                if now - warned > 30:
+                    warned = now
                     log.warning("cannot read consumer lag of %s (%s); waiting", self.topic, exc)
                 self.outbox.poll(0.5)
                 continue

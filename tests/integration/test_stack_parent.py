@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.runner import ORPHAN_GRACE_SECONDS
+from tests.conftest import process_alive
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +33,6 @@ STACK = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_busy_roles_stop_when_their_stack_process_is_killed(tmp_path: Path) -> None:
     """Worker and sink still working when the process holding the broker is SIGKILLed: both exit by themselves
     (those whose stop needs the broker after the grace period)."""
@@ -48,17 +41,17 @@ def test_busy_roles_stop_when_their_stack_process_is_killed(tmp_path: Path) -> N
     roles: list[int] = []
     try:
         roles = [int(pid) for pid in parent.stdout.readline().split()]
-        assert len(roles) == 2 and all(_alive(pid) for pid in roles), "worker and sink run while their stack does"
+        assert len(roles) == 2 and all(process_alive(pid) for pid in roles), "worker and sink run while their stack does"
         parent.send_signal(signal.SIGKILL)
         parent.wait(30)
         deadline = time.monotonic() + ORPHAN_GRACE_SECONDS + 30
-        while any(_alive(pid) for pid in roles) and time.monotonic() < deadline:
+        while any(process_alive(pid) for pid in roles) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(pid) for pid in roles), "an orphaned role still runs"
+        assert not any(process_alive(pid) for pid in roles), "an orphaned role still runs"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(30)
         for pid in roles:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
